@@ -1,0 +1,135 @@
+import type { Engine, Stats } from './engine.js'
+import { LongrunError, operationNotFound } from './errors.js'
+import type { HistoryEntry, ListQuery, Operation, Page, Readable } from './types.js'
+
+/** Who is calling, as the authentication hook found out. */
+export interface Principal {
+  id: string
+  groups?: string[]
+  roles?: string[]
+  scopes?: string[]
+}
+
+/** Who a permission is granted to; anyone matching one entry has it. */
+export interface AccessList {
+  users?: string[]
+  groups?: string[]
+  roles?: string[]
+  scopes?: string[]
+}
+
+/** Per-definition grants beyond the owner, who always may read and write (Pode's model). */
+export interface Permissions {
+  /** Status, result, error, history, list, stats. */
+  read?: AccessList
+  /** Cancel, retry, delete. */
+  write?: AccessList
+}
+
+export interface AccessPolicy {
+  /** Principals with this role may read and write every operation. */
+  adminRole?: string
+}
+
+const forbidden = () =>
+  new LongrunError('forbidden', 403, 'Forbidden', 'You may read this operation but not change it.')
+
+function granted(list: AccessList | undefined, caller: Principal | undefined): boolean {
+  if (!list || !caller) return false
+  const any = (granted: string[] | undefined, held: string[] | undefined) =>
+    granted !== undefined && held !== undefined && held.some((h) => granted.includes(h))
+  return (
+    (list.users?.includes(caller.id) ?? false) ||
+    any(list.groups, caller.groups) ||
+    any(list.roles, caller.roles) ||
+    any(list.scopes, caller.scopes)
+  )
+}
+
+/**
+ * The operations as one caller may see and change them. Every read and control action of the
+ * HTTP layer goes through this class, which it gets per request: an endpoint cannot reach an
+ * operation without the check. Unreadable operations are reported exactly like missing ones.
+ */
+export class OperationAccess {
+  readonly #engine: Engine
+  readonly #caller: Principal | undefined
+  readonly #admin: boolean
+
+  constructor(engine: Engine, caller: Principal | undefined, policy: AccessPolicy = {}) {
+    this.#engine = engine
+    this.#caller = caller
+    this.#admin = policy.adminRole !== undefined && (caller?.roles?.includes(policy.adminRole) ?? false)
+  }
+
+  /** The owner id operations submitted by this caller get (`null`: anonymous). */
+  get owner(): string | null {
+    return this.#caller?.id ?? null
+  }
+
+  canRead(op: Operation): boolean {
+    return this.#admin || op.owner === this.owner || granted(this.#permissions(op.name)?.read, this.#caller)
+  }
+
+  canWrite(op: Operation): boolean {
+    return this.#admin || op.owner === this.owner || granted(this.#permissions(op.name)?.write, this.#caller)
+  }
+
+  async get(id: string): Promise<Operation> {
+    const op = await this.#engine.get(id)
+    if (!this.canRead(op)) throw operationNotFound()
+    return op
+  }
+
+  /** The operation with its history. */
+  async details(id: string): Promise<{ op: Operation; history: HistoryEntry[] }> {
+    const op = await this.get(id)
+    return { op, history: await this.#engine.history(id) }
+  }
+
+  async cancel(id: string): Promise<Operation> {
+    await this.#writable(id)
+    return this.#engine.cancel(id, this.owner)
+  }
+
+  async retry(id: string): Promise<Operation> {
+    await this.#writable(id)
+    return this.#engine.retry(id, this.owner)
+  }
+
+  async delete(id: string): Promise<void> {
+    await this.#writable(id)
+    return this.#engine.delete(id, this.owner)
+  }
+
+  list(query: Omit<ListQuery, 'readable'>): Promise<Page> {
+    return this.#engine.list({ ...query, ...this.#readable('read') })
+  }
+
+  stats(): Promise<Stats> {
+    return this.#engine.stats(this.#readable('read'))
+  }
+
+  /** Retries the failed operations this caller may change. */
+  retryAll(filter: { states?: ('failed' | 'canceled')[]; name?: string; limit?: number }): Promise<string[]> {
+    return this.#engine.retryAll({ ...filter, ...this.#readable('write') }, this.owner)
+  }
+
+  async #writable(id: string): Promise<void> {
+    const op = await this.get(id)
+    if (!this.canWrite(op)) throw forbidden()
+  }
+
+  #permissions(name: string): Permissions | undefined {
+    return this.#engine.definition(name)?.permissions
+  }
+
+  #readable(kind: 'read' | 'write'): { readable?: Readable } {
+    if (this.#admin) return {}
+    const names = this.#engine
+      .definitions()
+      .filter((def) => granted(def.permissions?.[kind], this.#caller))
+      .map((def) => def.name)
+    return { readable: { owners: [this.owner], names } }
+  }
+}

@@ -1,0 +1,355 @@
+import { EventEmitter } from 'node:events'
+import { resolveDefinition, type OperationDefinition, type ResolvedDefinition } from './definition.js'
+import {
+  idempotencyMismatch,
+  invalidOption,
+  notCancelable,
+  notDeletable,
+  notRetryable,
+  operationFinished,
+  operationNotFound,
+  unknownOperationName,
+} from './errors.js'
+import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js'
+import { Runner } from './runner.js'
+import type { Store } from './store.js'
+import {
+  isTerminal,
+  OPERATION_STATES,
+  type HistoryEntry,
+  type ListQuery,
+  type NewOperation,
+  type Operation,
+  type OperationState,
+  type Page,
+  type Progress,
+  type Readable,
+  type StatsQuery,
+} from './types.js'
+
+export type EngineEvents = {
+  'operation:queued': [op: Operation]
+  'operation:started': [op: Operation]
+  'operation:progress': [id: string, progress: Progress]
+  'operation:cancel-requested': [op: Operation]
+  'operation:settled': [op: Operation]
+  /** Another process changed the operation (stores with notices only). */
+  'operation:changed': [id: string]
+}
+
+export interface SubmitRequest {
+  input?: unknown
+  params?: Record<string, string>
+  query?: Record<string, unknown>
+  headers?: Record<string, string>
+  /** The submitting principal's id. */
+  owner?: string | null
+}
+
+/** What one attempt did, from the operation's history. */
+export interface AttemptRecord {
+  attempt: number
+  worker: string
+  startedAt: number
+  endedAt?: number
+  /** Missing while the attempt runs. */
+  outcome?: 'succeeded' | 'failed' | 'canceled' | 'retry-scheduled' | 'released' | 'lease-lost'
+  error?: HistoryEntry['error']
+}
+
+const ATTEMPT_ENDINGS = new Set(['succeeded', 'failed', 'canceled', 'retry-scheduled', 'released', 'lease-lost'])
+
+export function attemptsOf(history: HistoryEntry[]): AttemptRecord[] {
+  const attempts: AttemptRecord[] = []
+  for (const entry of history) {
+    if (entry.event === 'started') {
+      attempts.push({ attempt: entry.attempt, worker: entry.worker ?? '', startedAt: entry.at })
+      continue
+    }
+    const open = attempts.find((a) => a.attempt === entry.attempt && a.outcome === undefined)
+    if (open && ATTEMPT_ENDINGS.has(entry.event)) {
+      open.endedAt = entry.at
+      open.outcome = entry.event as NonNullable<AttemptRecord['outcome']>
+      if (entry.error) open.error = entry.error
+    }
+  }
+  return attempts
+}
+
+export interface Submitted {
+  op: Operation
+  /** `true` when an idempotency key matched an earlier request and no new operation was made. */
+  replayed: boolean
+}
+
+export interface IdempotencyRequest {
+  key: string
+  /** Hash of the request (method, path, canonical body): the same key must come with the same one. */
+  fingerprint: string
+}
+
+export type StateCounts = Record<OperationState, number> & { total: number }
+
+export interface Stats extends StateCounts {
+  byName: Record<string, StateCounts>
+}
+
+/** Ids are path segments and log fields: keep them to URL-safe characters. */
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$/
+
+export function isValidOperationId(id: string): boolean {
+  return ID_PATTERN.test(id)
+}
+
+/**
+ * The core: submits operations, answers questions about them, controls them, and (unless
+ * `worker: false`) runs their handlers. It knows nothing of HTTP or of any storage driver.
+ */
+export class Engine extends EventEmitter<EngineEvents> {
+  readonly store: Store
+  readonly #opts: ResolvedEngineOptions
+  readonly #definitions = new Map<string, ResolvedDefinition>()
+  readonly #runner: Runner | undefined
+  #started = false
+  #unsubscribe: (() => void) | undefined
+  #draining: Promise<void> | undefined
+  #closing: Promise<void> | undefined
+
+  constructor(options: EngineOptions) {
+    super()
+    this.#opts = resolveEngineOptions(options)
+    this.store = this.#opts.store
+    if (this.#opts.worker) {
+      this.#runner = new Runner(this.#opts, this.#definitions, {
+        started: (op) => this.emit('operation:started', op),
+        progressed: (id, progress) => this.emit('operation:progress', id, progress),
+        settled: (op) => this.emit('operation:settled', op),
+      })
+    }
+  }
+
+  get workerId(): string {
+    return this.#opts.workerId
+  }
+
+  /** Registers what operations of `def.name` do. Definitions are the same in API and worker processes. */
+  define<Input, Result, Args>(def: OperationDefinition<Input, Result, Args>): ResolvedDefinition {
+    const resolved = resolveDefinition(def)
+    if (this.#definitions.has(resolved.name)) throw invalidOption('name', `'${resolved.name}' is already defined`)
+    this.#definitions.set(resolved.name, resolved)
+    if (this.#started) this.#runner?.wake()
+    return resolved
+  }
+
+  definition(name: string): ResolvedDefinition | undefined {
+    return this.#definitions.get(name)
+  }
+
+  definitions(): ResolvedDefinition[] {
+    return [...this.#definitions.values()]
+  }
+
+  /** Starts running handlers (a no-op for `worker: false`). */
+  start(): void {
+    if (this.#started || this.#draining) return
+    this.#started = true
+    this.#unsubscribe = this.store.subscribe?.((notice) => {
+      if (notice.kind === 'queued') this.#runner?.wake()
+      else if (notice.kind === 'cancel-requested') this.#runner?.cancelRequested(notice.id)
+      else this.emit('operation:changed', notice.id)
+    })
+    this.#runner?.start()
+  }
+
+  /** Commits a new operation; resolves once it is durable. */
+  async submit(name: string, request: SubmitRequest = {}): Promise<Operation> {
+    const op = await this.store.insert(this.#newOperation(name, request))
+    this.#queued(op)
+    return op
+  }
+
+  /**
+   * Like `submit`, but a key already used by the same owner on the same definition within
+   * `idempotencyTtl` makes no new operation: the first one is returned with `replayed: true`.
+   * The same key with another fingerprint is refused (`idempotency-key-mismatch`, 422).
+   */
+  async submitIdempotent(name: string, request: SubmitRequest, idempotency: IdempotencyRequest): Promise<Submitted> {
+    const now = this.#opts.clock()
+    const outcome = await this.store.insertIdempotent(
+      this.#newOperation(name, request),
+      {
+        // NUL cannot occur in an owner id or a name, so scopes never collide.
+        scope: `${request.owner ?? ''}\u0000${name}`,
+        key: idempotency.key,
+        fingerprint: idempotency.fingerprint,
+        expiresAt: now + this.#opts.idempotencyTtlMs,
+      },
+      now,
+    )
+    if (outcome.kind === 'mismatch') throw idempotencyMismatch()
+    if (outcome.kind === 'inserted') this.#queued(outcome.op)
+    return { op: outcome.op, replayed: outcome.kind === 'replayed' }
+  }
+
+  #queued(op: Operation): void {
+    this.emit('operation:queued', op)
+    this.#runner?.wake()
+  }
+
+  #newOperation(name: string, request: SubmitRequest): NewOperation {
+    const def = this.#definitions.get(name)
+    if (!def) throw unknownOperationName(name)
+    const id = (def.idGenerator ?? this.#opts.idGenerator)()
+    if (typeof id !== 'string' || !isValidOperationId(id)) {
+      throw invalidOption('idGenerator', 'must return 1-128 URL-safe characters (letters, digits, . _ ~ -)')
+    }
+    return {
+      id,
+      name,
+      owner: request.owner ?? null,
+      // Stores keep JSON: a programmatic caller's Date or Map must not read back differently per store.
+      input: JSON.parse(JSON.stringify(request.input ?? null)),
+      params: request.params ?? {},
+      query: request.query ?? {},
+      headers: request.headers ?? {},
+      maxAttempts: def.retry.attempts,
+      cancelable: def.cancelable,
+      timeoutMs: def.timeoutMs,
+      createdAt: this.#opts.clock(),
+    }
+  }
+
+  async get(id: string): Promise<Operation> {
+    const op = isValidOperationId(id) ? await this.store.get(id) : undefined
+    if (!op) throw operationNotFound()
+    return op
+  }
+
+  /** The operation's history, oldest first; see `attemptsOf` for its attempts. */
+  async history(id: string): Promise<HistoryEntry[]> {
+    return this.store.history(id)
+  }
+
+  /** Cancels at once when queued, asks the running handler to stop otherwise. Idempotent. */
+  async cancel(id: string, actor: string | null = null): Promise<Operation> {
+    const op = await this.get(id)
+    if (op.state === 'canceled') return op
+    if (isTerminal(op.state)) throw operationFinished(op)
+    if (!op.cancelable) throw notCancelable()
+    const now = this.#opts.clock()
+    const after = await this.store.cancel(id, now, now + this.#opts.retentionMs, actor)
+    if (!after) throw operationNotFound()
+    if (after.state === 'canceled' && op.state === 'queued') this.emit('operation:settled', after)
+    else if (after.state === 'running' && !op.cancelRequested) {
+      this.emit('operation:cancel-requested', after)
+      this.#runner?.cancelRequested(id)
+    } else if (after.state === 'succeeded' || after.state === 'failed') throw operationFinished(after)
+    return after
+  }
+
+  /** Queues a failed or canceled operation again, with a fresh budget of attempts. */
+  async retry(id: string, actor: string | null = null): Promise<Operation> {
+    const op = await this.get(id)
+    if (op.state !== 'failed' && op.state !== 'canceled') throw notRetryable(op)
+    const attempts = this.#definitions.get(op.name)?.retry.attempts ?? 1
+    const after = await this.store.requeue(id, attempts, this.#opts.clock(), actor)
+    if (!after) throw notRetryable(await this.get(id))
+    this.#queued(after)
+    return after
+  }
+
+  /**
+   * Retries every failed (or canceled) operation matching `filter`, up to `limit`: the "retry all"
+   * of dead operations. Returns the ids queued again.
+   */
+  async retryAll(
+    filter: {
+      states?: ('failed' | 'canceled')[]
+      name?: string
+      owner?: string | null
+      readable?: Readable
+      limit?: number
+    },
+    actor: string | null = null,
+  ): Promise<string[]> {
+    const limit = filter.limit ?? 1_000
+    const retried: string[] = []
+    let cursor: string | undefined
+    do {
+      const page = await this.store.list({
+        states: filter.states?.length ? filter.states : ['failed'],
+        ...(filter.name !== undefined ? { name: filter.name } : {}),
+        ...(filter.owner !== undefined ? { owner: filter.owner } : {}),
+        ...(filter.readable ? { readable: filter.readable } : {}),
+        ...(cursor !== undefined ? { cursor } : {}),
+        limit: Math.min(100, limit - retried.length),
+      })
+      for (const op of page.items) {
+        const attempts = this.#definitions.get(op.name)?.retry.attempts ?? 1
+        const after = await this.store.requeue(op.id, attempts, this.#opts.clock(), actor)
+        if (after) {
+          retried.push(after.id)
+          this.#queued(after)
+        }
+      }
+      cursor = page.nextCursor
+    } while (cursor !== undefined && retried.length < limit)
+    return retried
+  }
+
+  /** Removes a finished operation, its result and its history; the deletion itself is logged. */
+  async delete(id: string, actor: string | null = null): Promise<void> {
+    const op = await this.get(id)
+    if (!isTerminal(op.state)) throw notDeletable(op)
+    if (!(await this.store.delete(id))) throw operationNotFound()
+    this.#opts.logger.info({ operationId: id, operation: op.name, actor }, 'longrun: operation deleted')
+  }
+
+  list(query: ListQuery): Promise<Page> {
+    return this.store.list(query)
+  }
+
+  async stats(query: StatsQuery = {}): Promise<Stats> {
+    const stats: Stats = { ...emptyCounts(), byName: {} }
+    for (const row of await this.store.stats(query)) {
+      const byName = (stats.byName[row.name] ??= emptyCounts())
+      for (const counts of [stats, byName]) {
+        counts[row.state] += row.count
+        counts.total += row.count
+      }
+    }
+    return stats
+  }
+
+  /**
+   * Stops claiming and lets running handlers finish, or gives their operations back after the grace
+   * period. The store stays open: requests still in flight can be answered. Safe to call twice.
+   */
+  drain(): Promise<void> {
+    this.#draining ??= (async () => {
+      this.#unsubscribe?.()
+      await this.#runner?.stop()
+    })()
+    return this.#draining
+  }
+
+  /** Drains, then closes the store. Safe to call twice. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      for (const step of [() => this.drain(), () => this.store.close()]) {
+        try {
+          await step()
+        } catch (err) {
+          this.#opts.logger.error({ err }, 'longrun: error while closing')
+        }
+      }
+    })()
+    return this.#closing
+  }
+}
+
+function emptyCounts(): StateCounts {
+  const counts = { total: 0 } as StateCounts
+  for (const state of OPERATION_STATES) counts[state] = 0
+  return counts
+}

@@ -1,0 +1,92 @@
+import { hostname } from 'node:os'
+import { randomBytes } from 'node:crypto'
+import { v7 as uuidv7 } from 'uuid'
+import { toMs, type Duration } from './duration.js'
+import { invalidOption } from './errors.js'
+import { silentLogger, type Logger } from './logger.js'
+import type { Store } from './store.js'
+
+export interface EngineOptions {
+  store: Store
+  /** Run handlers in this process; `false` for an API-only process. @default true */
+  worker?: boolean
+  /** Names this process in leases and logs. @default `<hostname>:<pid>:<random>` */
+  workerId?: string
+  /** How long a claim holds without a heartbeat. @default '30s' */
+  lease?: Duration
+  /** How often running operations renew their lease. @default a third of `lease` */
+  heartbeat?: Duration
+  /** Fallback poll for due operations, when no wake-up arrives. @default '1s' */
+  poll?: Duration
+  /** How long a handler has to stop once its signal aborts, before its attempt is recorded without it. @default '10s' */
+  grace?: Duration
+  /** How long finished operations are kept. @default '7d' */
+  retention?: Duration
+  /** How often expired operations are purged. @default '1m' */
+  purgeInterval?: Duration
+  /** How long an idempotency key keeps answering with its operation. @default '24h' */
+  idempotencyTtl?: Duration
+  /** Makes operation ids. @default UUIDv7: time-ordered, 74 random bits */
+  idGenerator?: () => string
+  logger?: Logger
+  /** Epoch milliseconds; injectable for tests. @default Date.now */
+  clock?: () => number
+  /** Uniform in [0, 1) for retry jitter; injectable for tests. @default Math.random */
+  random?: () => number
+}
+
+export interface ResolvedEngineOptions {
+  store: Store
+  worker: boolean
+  workerId: string
+  leaseMs: number
+  heartbeatMs: number
+  pollMs: number
+  graceMs: number
+  retentionMs: number
+  purgeIntervalMs: number
+  idempotencyTtlMs: number
+  idGenerator: () => string
+  logger: Logger
+  clock: () => number
+  random: () => number
+}
+
+const DEFAULTS = {
+  lease: 30_000, // 30 s
+  poll: 1_000, // 1 s
+  grace: 10_000, // 10 s
+  retention: 7 * 86_400_000, // 7 days
+  purgeInterval: 60_000, // 1 min
+  idempotencyTtl: 86_400_000, // 24 h
+} as const
+
+export function resolveEngineOptions(input: EngineOptions): ResolvedEngineOptions {
+  if (!input?.store) throw invalidOption('store', 'is required')
+  const leaseMs = toMs('lease', input.lease ?? DEFAULTS.lease)
+  if (leaseMs < 10) throw invalidOption('lease', 'must be at least 10 ms')
+  // Renew at a third of the lease so that one missed tick never loses it.
+  const heartbeatMs = toMs('heartbeat', input.heartbeat ?? Math.floor(leaseMs / 3))
+  if (heartbeatMs <= 0 || heartbeatMs >= leaseMs)
+    throw invalidOption('heartbeat', 'must be positive and shorter than lease')
+  const pollMs = toMs('poll', input.poll ?? DEFAULTS.poll)
+  if (pollMs <= 0) throw invalidOption('poll', 'must be positive')
+  const purgeIntervalMs = toMs('purgeInterval', input.purgeInterval ?? DEFAULTS.purgeInterval)
+  if (purgeIntervalMs <= 0) throw invalidOption('purgeInterval', 'must be positive')
+  return {
+    store: input.store,
+    worker: input.worker ?? true,
+    workerId: input.workerId ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`,
+    leaseMs,
+    heartbeatMs,
+    pollMs,
+    graceMs: toMs('grace', input.grace ?? DEFAULTS.grace),
+    retentionMs: toMs('retention', input.retention ?? DEFAULTS.retention),
+    purgeIntervalMs,
+    idempotencyTtlMs: toMs('idempotencyTtl', input.idempotencyTtl ?? DEFAULTS.idempotencyTtl),
+    idGenerator: input.idGenerator ?? uuidv7,
+    logger: input.logger ?? silentLogger,
+    clock: input.clock ?? Date.now,
+    random: input.random ?? Math.random,
+  }
+}

@@ -1,0 +1,315 @@
+import { backoffMs, type OperationContext, type ResolvedDefinition } from './definition.js'
+import { canceledError, isRetryable, operationError, toOperationError } from './errors.js'
+import type { Logger } from './logger.js'
+import type { ResolvedEngineOptions } from './options.js'
+import type { Lease, Operation, OperationError, Outcome, Progress } from './types.js'
+
+/** Why a run's signal aborted; also `signal.reason.code` as the handler sees it. */
+export type AbortCause = 'cancel' | 'timeout' | 'shutdown' | 'lease-lost'
+
+export class OperationAbortedError extends Error {
+  constructor(readonly code: AbortCause) {
+    super(`Operation aborted: ${code}`)
+    this.name = 'AbortError'
+  }
+}
+
+type Ending =
+  | { kind: 'returned'; result: unknown }
+  | { kind: 'threw'; error: unknown }
+  /** The handler ignored its aborted signal past the grace period. */
+  | { kind: 'abandoned' }
+  /** The handler was never called: a cancel was requested before this attempt began. */
+  | { kind: 'skipped' }
+
+interface Run {
+  op: Operation
+  lease: Lease
+  def: ResolvedDefinition
+  controller: AbortController
+  abortedBy?: AbortCause
+  ended: boolean
+  timers: NodeJS.Timeout[]
+}
+
+export interface RunnerHooks {
+  started(op: Operation): void
+  progressed(id: string, progress: Progress): void
+  settled(op: Operation): void
+}
+
+/**
+ * Claims due operations and runs their handlers, at most `concurrency` per definition in this
+ * process. Every write it makes carries the run's lease, so a run that lost its lease changes nothing.
+ */
+export class Runner {
+  readonly #opts: ResolvedEngineOptions
+  readonly #definitions: ReadonlyMap<string, ResolvedDefinition>
+  readonly #hooks: RunnerHooks
+  readonly #active = new Map<string, Run>()
+  readonly #busy = new Map<string, number>()
+  #timers: NodeJS.Timeout[] = []
+  #heartbeats: NodeJS.Timeout | undefined
+  #ticking = false
+  #ticked: Promise<void> = Promise.resolve()
+  #again = false
+  #started = false
+  #stopping = false
+  #drained: (() => void) | undefined
+
+  constructor(opts: ResolvedEngineOptions, definitions: ReadonlyMap<string, ResolvedDefinition>, hooks: RunnerHooks) {
+    this.#opts = opts
+    this.#definitions = definitions
+    this.#hooks = hooks
+  }
+
+  start(): void {
+    this.#started = true
+    this.#timers.push(
+      setInterval(() => this.wake(), this.#opts.pollMs),
+      setInterval(() => this.#purge(), this.#opts.purgeIntervalMs),
+    )
+    this.#heartbeats = setInterval(() => this.#heartbeat(), this.#opts.heartbeatMs)
+    this.wake()
+  }
+
+  /** Claims due work now rather than at the next poll. */
+  wake(): void {
+    // Before start() there are no heartbeats: a handler started then would lose its lease.
+    if (this.#stopping || !this.#started) return
+    this.#again = true
+    if (this.#ticking) return
+    this.#ticking = true
+    this.#ticked = this.#tick()
+  }
+
+  /** A cancel was requested for `id`; aborts its run when this process holds it. */
+  cancelRequested(id: string): void {
+    const run = this.#active.get(id)
+    if (run) this.#abort(run, 'cancel')
+  }
+
+  /** Stops claiming, aborts running handlers, waits up to the grace period, gives back what remains. */
+  async stop(): Promise<void> {
+    this.#stopping = true
+    for (const timer of this.#timers.splice(0)) clearInterval(timer)
+    await this.#ticked
+    if (this.#active.size > 0) {
+      const drained = new Promise<void>((resolve) => (this.#drained = resolve))
+      for (const run of this.#active.values()) this.#abort(run, 'shutdown')
+      await drained
+    }
+    // Only now: a handler winding down during the grace period must keep its lease.
+    clearInterval(this.#heartbeats)
+  }
+
+  // Claims until no wake-up arrived during the last claim. `#ticking` is cleared with no await after
+  // the loop's last check, so a wake-up is either seen by the loop or starts a new one: never lost.
+  async #tick(): Promise<void> {
+    try {
+      while (this.#again && !this.#stopping) {
+        this.#again = false
+        const wants = []
+        for (const def of this.#definitions.values()) {
+          const free = def.concurrency - (this.#busy.get(def.name) ?? 0)
+          if (free > 0) wants.push({ name: def.name, limit: free })
+        }
+        if (wants.length === 0) return
+        const { store, workerId, leaseMs, clock } = this.#opts
+        const ops = await store.claim(workerId, wants, leaseMs, clock())
+        if (this.#stopping) {
+          // Claimed while stop() began: give them straight back rather than start them.
+          await Promise.all(
+            ops.map((op) => store.release({ id: op.id, attempt: op.attempt, worker: workerId }, clock())),
+          )
+          return
+        }
+        for (const op of ops) this.#start(op)
+      }
+    } catch (err) {
+      this.#opts.logger.error({ err }, 'longrun: claiming operations failed')
+    } finally {
+      this.#ticking = false
+    }
+  }
+
+  #start(op: Operation): void {
+    const def = this.#definitions.get(op.name)
+    if (!def) return
+    const run: Run = {
+      op,
+      lease: { id: op.id, attempt: op.attempt, worker: this.#opts.workerId },
+      def,
+      controller: new AbortController(),
+      ended: false,
+      timers: [],
+    }
+    // This worker's own earlier attempt, whose lease lapsed (e.g. heartbeats failed): it is stale now.
+    const previous = this.#active.get(op.id)
+    if (previous) this.#abort(previous, 'lease-lost')
+    this.#active.set(op.id, run)
+    this.#busy.set(def.name, (this.#busy.get(def.name) ?? 0) + 1)
+    this.#hooks.started(op)
+    if (op.cancelRequested) {
+      // Its previous worker died after a cancel was requested: settle without running it again.
+      run.abortedBy = 'cancel'
+      void this.#end(run, { kind: 'skipped' })
+      return
+    }
+    if (op.timeoutMs !== null) run.timers.push(setTimeout(() => this.#abort(run, 'timeout'), op.timeoutMs))
+
+    let pending: Promise<unknown>
+    try {
+      pending = Promise.resolve(def.handler(this.#context(run)))
+    } catch (error) {
+      pending = Promise.reject(error)
+    }
+    pending.then(
+      (result) => this.#end(run, { kind: 'returned', result }),
+      (error: unknown) => this.#end(run, { kind: 'threw', error }),
+    )
+  }
+
+  #context(run: Run): OperationContext<unknown, unknown> {
+    const { op, lease, def } = run
+    const logger = this.#opts.logger
+    let log: Logger | undefined
+    return {
+      id: op.id,
+      name: op.name,
+      attempt: op.attempt,
+      input: op.input,
+      params: op.params,
+      query: op.query,
+      headers: op.headers,
+      user: op.owner === null ? undefined : { id: op.owner },
+      args: def.args,
+      signal: run.controller.signal,
+      // Made on first use: most handlers never log, and a child logger per run is not free.
+      get log() {
+        return (log ??= logger.child({ operationId: op.id, operation: op.name, attempt: op.attempt }))
+      },
+      progress: async (percent, step, description) => {
+        if (typeof percent !== 'number' || !(percent >= 0 && percent <= 100)) {
+          throw new RangeError(`progress percent must be a number from 0 to 100, got ${String(percent)}`)
+        }
+        if (run.ended) return
+        const progress: Progress = { percent }
+        if (step !== undefined) progress.step = step
+        if (description !== undefined) progress.description = description
+        if (await this.#opts.store.progress(lease, progress)) this.#hooks.progressed(op.id, progress)
+      },
+    }
+  }
+
+  #abort(run: Run, cause: AbortCause): void {
+    if (run.abortedBy || run.ended) return
+    run.abortedBy = cause
+    run.controller.abort(new OperationAbortedError(cause))
+    // A handler that ignores its signal does not hold the operation (or its slot) past the grace period.
+    run.timers.push(setTimeout(() => this.#end(run, { kind: 'abandoned' }), this.#opts.graceMs))
+  }
+
+  async #end(run: Run, ending: Ending): Promise<void> {
+    if (run.ended) return
+    run.ended = true
+    for (const timer of run.timers) clearTimeout(timer)
+    if (ending.kind === 'abandoned') {
+      this.#opts.logger.warn(
+        { operationId: run.op.id, cause: run.abortedBy },
+        'longrun: handler ignored its abort signal; its late result will be discarded',
+      )
+    }
+    const { store, clock } = this.#opts
+    try {
+      const outcome = this.#outcome(run, ending)
+      if (outcome === 'release') {
+        await store.release(run.lease, clock())
+      } else if (outcome) {
+        const settled = await store.settle(run.lease, outcome, clock())
+        if (settled) this.#hooks.settled(settled)
+        if (outcome.state === 'queued') this.#wakeAt(outcome.runAt)
+      }
+    } catch (err) {
+      // The lease will expire and the operation will be claimed again: nothing is lost.
+      this.#opts.logger.error({ err, operationId: run.op.id }, 'longrun: recording an outcome failed')
+    } finally {
+      // A later attempt of the same operation may hold the entry by now: leave it to that one.
+      if (this.#active.get(run.op.id) === run) this.#active.delete(run.op.id)
+      this.#busy.set(run.def.name, (this.#busy.get(run.def.name) ?? 1) - 1)
+      if (this.#stopping) {
+        if (this.#active.size === 0) this.#drained?.()
+      } else {
+        this.wake()
+      }
+    }
+  }
+
+  #outcome(run: Run, ending: Ending): Outcome | 'release' | undefined {
+    const now = this.#opts.clock()
+    const expiresAt = now + this.#opts.retentionMs
+    switch (run.abortedBy) {
+      case 'lease-lost':
+        return undefined
+      case 'shutdown':
+        if (ending.kind !== 'returned') return 'release'
+        break
+      case 'cancel':
+        return { state: 'canceled', error: canceledError(), expiresAt }
+      case 'timeout':
+        return this.#failure(
+          run,
+          operationError('timeout', 'Operation timed out', `The attempt exceeded its ${run.op.timeoutMs} ms timeout.`),
+          true,
+        )
+    }
+    if (ending.kind === 'returned') {
+      let result: unknown
+      try {
+        // Every store keeps the JSON value of the result, never a live object.
+        result = JSON.parse(JSON.stringify(ending.result ?? null))
+      } catch (err) {
+        const detail = `The handler returned a value that is not JSON-serialisable: ${(err as Error).message}`
+        return this.#failure(run, operationError('result-not-serializable', 'Result not serialisable', detail), false)
+      }
+      return { state: 'succeeded', result, expiresAt }
+    }
+    const error = ending.kind === 'threw' ? ending.error : new Error('abandoned')
+    return this.#failure(run, toOperationError(error), isRetryable(error))
+  }
+
+  #failure(run: Run, error: OperationError, retryable: boolean): Outcome {
+    const now = this.#opts.clock()
+    const { op, def } = run
+    if (retryable && op.attempt < op.maxAttempts) {
+      return { state: 'queued', error, runAt: now + backoffMs(def.retry, op.attempt, this.#opts.random) }
+    }
+    return { state: 'failed', error, expiresAt: now + this.#opts.retentionMs }
+  }
+
+  #wakeAt(at: number): void {
+    const timer = setTimeout(() => this.wake(), Math.max(0, at - this.#opts.clock()))
+    timer.unref()
+  }
+
+  #heartbeat(): void {
+    const { store, leaseMs, clock, logger } = this.#opts
+    for (const run of this.#active.values()) {
+      if (run.ended) continue
+      store.heartbeat(run.lease, leaseMs, clock()).then(
+        (status) => {
+          if (!status.held) this.#abort(run, 'lease-lost')
+          else if (status.cancelRequested) this.#abort(run, 'cancel')
+        },
+        (err: unknown) => logger.error({ err, operationId: run.op.id }, 'longrun: heartbeat failed'),
+      )
+    }
+  }
+
+  #purge(): void {
+    const { store, clock, logger } = this.#opts
+    store
+      .purge(clock(), 1_000)
+      .catch((err: unknown) => logger.error({ err }, 'longrun: purging expired operations failed'))
+  }
+}

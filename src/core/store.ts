@@ -1,0 +1,89 @@
+import type {
+  ClaimRequest,
+  HistoryEntry,
+  IdempotencyKey,
+  IdempotentInsert,
+  Lease,
+  LeaseStatus,
+  ListQuery,
+  NewOperation,
+  Operation,
+  Outcome,
+  Page,
+  Progress,
+  StatsQuery,
+  StatsRow,
+} from './types.js'
+
+/**
+ * A change another process made to a shared store, for stores that can tell (e.g. PostgreSQL's
+ * LISTEN/NOTIFY). A store may also report its own process's changes: engines treat notices as hints.
+ */
+export type StoreNotice =
+  /** An operation of `name` became due: workers should claim now rather than at the next poll. */
+  | { kind: 'queued'; name: string }
+  /** A cancel was requested for a running operation: the worker holding it should abort it. */
+  | { kind: 'cancel-requested'; id: string }
+  /** The operation's state or progress changed. */
+  | { kind: 'changed'; id: string }
+
+/**
+ * The engine's only view of storage. Every state change is a compare-and-set inside the store, so
+ * that concurrent engines, workers and requests can never move an operation backwards or record
+ * two outcomes for it. Times are epoch milliseconds from the engine's clock.
+ */
+export interface Store {
+  /** Commits a new `queued` operation; resolves only once it is durable. Rejects a duplicate id. */
+  insert(op: NewOperation): Promise<Operation>
+  /**
+   * Inserts unless `key` is live in its scope: then answers with the operation the key made
+   * (`replayed`) when the fingerprint matches, `mismatch` otherwise. Atomic: concurrent uses of one
+   * key make one operation. An expired key, or one whose operation was deleted, is used afresh.
+   */
+  insertIdempotent(op: NewOperation, key: IdempotencyKey, now: number): Promise<IdempotentInsert>
+  get(id: string): Promise<Operation | undefined>
+  /** The operation's history, oldest first (its submission is not an entry: see `createdAt`). */
+  history(id: string): Promise<HistoryEntry[]>
+  /** Newest first. */
+  list(query: ListQuery): Promise<Page>
+  stats(query: StatsQuery): Promise<StatsRow[]>
+  /**
+   * Moves due operations to `running` for `worker`, each with a new attempt number and a lease of
+   * `leaseMs`. Due: `queued` with `runAt <= now`, or `running` with an expired lease (its worker
+   * died). Each operation is claimed by at most one worker at a time. Records `started` (and
+   * `lease-lost` for the previous attempt of a reclaimed operation) in the history.
+   */
+  claim(worker: string, wants: ClaimRequest[], leaseMs: number, now: number): Promise<Operation[]>
+  /** Extends the lease while it is held. */
+  heartbeat(lease: Lease, leaseMs: number, now: number): Promise<LeaseStatus>
+  /** Records progress while the lease is held; `false` and no change otherwise. */
+  progress(lease: Lease, progress: Progress): Promise<boolean>
+  /** Records the attempt's outcome while the lease is held; `undefined` and no change otherwise. */
+  settle(lease: Lease, outcome: Outcome, now: number): Promise<Operation | undefined>
+  /**
+   * Gives a held operation back to `queued`, e.g. at shutdown, keeping its `runAt`: it is due at
+   * once and keeps its place in the queue. `false` if no longer held.
+   */
+  release(lease: Lease, now: number): Promise<boolean>
+  /**
+   * Cancels a cancelable operation: a `queued` one becomes `canceled` at once (purged after
+   * `expiresAt`), a `running` one gets `cancelRequested`. Anything else is left as it is.
+   * Returns the operation as it now is, `undefined` if there is none.
+   */
+  cancel(id: string, now: number, expiresAt: number, actor?: string | null): Promise<Operation | undefined>
+  /**
+   * Queues a `failed` or `canceled` operation again with a fresh budget of `attempts` attempts.
+   * Returns the queued operation, `undefined` when it is not (or no longer) failed or canceled.
+   */
+  requeue(id: string, attempts: number, now: number, actor?: string | null): Promise<Operation | undefined>
+  /** Removes a finished operation and its history; `false` when there is none or it is not finished. */
+  delete(id: string): Promise<boolean>
+  /**
+   * Removes up to `limit` finished operations whose `expiresAt` has passed, with their history, and
+   * the idempotency keys that expired; returns how many operations.
+   */
+  purge(now: number, limit: number): Promise<number>
+  /** Delivers notices of changes made through other connections; returns the unsubscribe function. */
+  subscribe?(listener: (notice: StoreNotice) => void): () => void
+  close(): Promise<void>
+}
