@@ -1,0 +1,73 @@
+/**
+ * Numbered schema migrations, applied in order inside one transaction each; `PRAGMA user_version`
+ * records the last one applied. Never edit a released migration: add the next number.
+ */
+export const MIGRATIONS: readonly { version: number; name: string; sql: string }[] = [
+  {
+    version: 1,
+    name: 'operations',
+    sql: `
+      CREATE TABLE operations (
+        -- Insertion order: newest-first listing and its cursors use it, whatever the id generator.
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
+        owner TEXT,
+        input TEXT NOT NULL,
+        params TEXT NOT NULL,
+        query TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        progress TEXT NOT NULL DEFAULT '{"percent":0}',
+        result TEXT,
+        error TEXT,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        cancelable INTEGER NOT NULL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        timeout_ms INTEGER,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        completed_at INTEGER,
+        expires_at INTEGER,
+        run_at INTEGER NOT NULL,
+        worker TEXT,
+        lease_expires_at INTEGER
+      );
+      -- Partial indexes: claims look only at live rows, however many finished ones are kept.
+      CREATE INDEX operations_due ON operations (name, run_at) WHERE state = 'queued';
+      CREATE INDEX operations_leased ON operations (name, lease_expires_at) WHERE state = 'running';
+      CREATE INDEX operations_by_state ON operations (state, seq);
+      CREATE INDEX operations_by_owner ON operations (owner, seq);
+      CREATE INDEX operations_expiry ON operations (expires_at) WHERE expires_at IS NOT NULL;
+    `,
+  },
+  {
+    version: 2,
+    name: 'history and idempotency keys',
+    sql: `
+      CREATE TABLE operation_events (
+        seq INTEGER PRIMARY KEY,
+        operation_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker TEXT,
+        actor TEXT,
+        -- 1 when the actor was recorded (actor NULL then means anonymous), 0 for worker events.
+        has_actor INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+      );
+      CREATE INDEX operation_events_by_operation ON operation_events (operation_id, seq);
+      CREATE TABLE idempotency_keys (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        operation_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (scope, key)
+      ) WITHOUT ROWID;
+      CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
+    `,
+  },
+]

@@ -1,0 +1,388 @@
+import Database from 'better-sqlite3'
+import { canceledError, duplicateOperationId, LongrunError } from '../../core/errors.js'
+import type {
+  ClaimRequest,
+  HistoryEntry,
+  IdempotencyKey,
+  IdempotentInsert,
+  Lease,
+  LeaseStatus,
+  NewOperation,
+  Operation,
+  Outcome,
+  Progress,
+} from '../../core/types.js'
+import { statementCache, toOperation, type Row, type Synchronous } from './connection.js'
+
+// Every write the SQLite store makes, on the one connection that writes: the writer thread's
+// (writer.ts), or the store's own for a `:memory:` database. `runBatch` commits a group of writes
+// in one transaction; the wire helpers below carry batches and their results across the thread
+// boundary as JSON text.
+
+const HELD = `id = @id AND state = 'running' AND attempt = @attempt AND worker = @worker`
+const FINISHED = `state IN ('succeeded', 'failed', 'canceled')`
+
+/** The methods a batch may call, and nothing else of the class. */
+export const WRITE_METHODS = [
+  'insert',
+  'insertIdempotent',
+  'claim',
+  'heartbeat',
+  'progress',
+  'settle',
+  'release',
+  'cancel',
+  'requeue',
+  'delete',
+  'purge',
+] as const
+
+export type WriteMethod = (typeof WRITE_METHODS)[number]
+
+export interface WriteCall {
+  method: WriteMethod
+  args: unknown[]
+}
+
+export type Settled = { ok: true; value: unknown } | { ok: false; error: unknown }
+
+/** One result per call, in order; or the error that failed the whole transaction (e.g. its COMMIT). */
+export type BatchOutcome = { ok: true; results: Settled[] } | { ok: false; error: unknown }
+
+export class SqliteWrites {
+  readonly #db: Database.Database
+  readonly #sql: ReturnType<typeof statementCache>
+
+  constructor(db: Database.Database) {
+    this.#db = db
+    this.#sql = statementCache(db)
+  }
+
+  /**
+   * Runs `calls` in one `BEGIN IMMEDIATE` transaction: a call that throws fails only itself, a
+   * failed COMMIT (or BEGIN) fails them all. Returns once the commit is durable.
+   */
+  runBatch(calls: readonly WriteCall[]): BatchOutcome {
+    const results: Settled[] = []
+    try {
+      this.#db
+        .transaction(() => {
+          for (const { method, args } of calls) {
+            try {
+              if (!WRITE_METHODS.includes(method)) throw new TypeError(`No such SQLite store write: ${String(method)}`)
+              results.push({ ok: true, value: (this[method] as (...args: unknown[]) => unknown)(...args) })
+            } catch (error) {
+              results.push({ ok: false, error })
+            }
+          }
+        })
+        .immediate()
+    } catch (error) {
+      return { ok: false, error }
+    }
+    return { ok: true, results }
+  }
+
+  insert(op: NewOperation): Operation {
+    try {
+      return toOperation(
+        this.#sql(
+          `INSERT INTO operations (id, name, state, owner, input, params, query, headers, max_attempts, cancelable,
+               timeout_ms, created_at, run_at)
+             VALUES (@id, @name, 'queued', @owner, @input, @params, @query, @headers, @maxAttempts, @cancelable,
+               @timeoutMs, @createdAt, @createdAt)
+             RETURNING *`,
+        ).get({
+          id: op.id,
+          name: op.name,
+          owner: op.owner,
+          input: JSON.stringify(op.input ?? null),
+          params: JSON.stringify(op.params),
+          query: JSON.stringify(op.query),
+          headers: JSON.stringify(op.headers),
+          maxAttempts: op.maxAttempts,
+          cancelable: op.cancelable ? 1 : 0,
+          timeoutMs: op.timeoutMs,
+          createdAt: op.createdAt,
+        }) as Row,
+      )
+    } catch (err) {
+      if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw duplicateOperationId(op.id)
+      throw err
+    }
+  }
+
+  insertIdempotent(op: NewOperation, key: IdempotencyKey, now: number): IdempotentInsert {
+    const used = this.#sql(
+      `SELECT k.fingerprint, o.* FROM idempotency_keys k JOIN operations o ON o.id = k.operation_id
+       WHERE k.scope = ? AND k.key = ? AND k.expires_at > ?`,
+    ).get(key.scope, key.key, now) as (Row & { fingerprint: string }) | undefined
+    if (used)
+      return used.fingerprint === key.fingerprint ? { kind: 'replayed', op: toOperation(used) } : { kind: 'mismatch' }
+    const inserted = this.insert(op)
+    this.#sql(
+      `INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, operation_id, expires_at) VALUES (?, ?, ?, ?, ?)`,
+    ).run(key.scope, key.key, key.fingerprint, inserted.id, key.expiresAt)
+    return { kind: 'inserted', op: inserted }
+  }
+
+  claim(worker: string, wants: ClaimRequest[], leaseMs: number, now: number): Operation[] {
+    const claimed: Row[] = []
+    const params = { worker, leaseUntil: now + leaseMs, now }
+    const take = (where: string, args: object) =>
+      this.#sql(
+        `UPDATE operations
+         SET state = 'running', attempt = attempt + 1, worker = @worker, lease_expires_at = @leaseUntil, started_at = @now
+         WHERE ${where}
+         RETURNING *`,
+      ).all({ ...params, ...args }) as Row[]
+    for (const { name, limit } of wants) {
+      // Operations of dead workers first: they have waited longest.
+      const expired = this.#sql(
+        `SELECT seq, id, attempt, worker FROM operations
+         WHERE state = 'running' AND name = ? AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?`,
+      ).all(name, now, limit) as Pick<Row, 'seq' | 'id' | 'attempt' | 'worker'>[]
+      for (const lost of expired) {
+        this.#record(lost.id, { at: now, event: 'lease-lost', attempt: lost.attempt, worker: lost.worker! })
+        claimed.push(...take('seq = @seq', { seq: lost.seq }))
+      }
+      if (expired.length < limit) {
+        const due = take(
+          `seq IN (SELECT seq FROM operations WHERE state = 'queued' AND name = @name AND run_at <= @now
+                   ORDER BY run_at, seq LIMIT @limit)`,
+          { name, limit: limit - expired.length },
+        )
+        claimed.push(...due.sort((a, b) => a.seq - b.seq))
+      }
+    }
+    for (const row of claimed) this.#record(row.id, { at: now, event: 'started', attempt: row.attempt, worker })
+    return claimed.map(toOperation)
+  }
+
+  heartbeat(lease: Lease, leaseMs: number, now: number): LeaseStatus {
+    const row = this.#sql(
+      `UPDATE operations SET lease_expires_at = @leaseUntil WHERE ${HELD} RETURNING cancel_requested`,
+    ).get({ ...lease, leaseUntil: now + leaseMs }) as { cancel_requested: number } | undefined
+    return { held: row !== undefined, cancelRequested: row?.cancel_requested === 1 }
+  }
+
+  progress(lease: Lease, progress: Progress): boolean {
+    return (
+      this.#sql(`UPDATE operations SET progress = @progress WHERE ${HELD}`).run({
+        ...lease,
+        progress: JSON.stringify(progress),
+      }).changes === 1
+    )
+  }
+
+  settle(lease: Lease, outcome: Outcome, now: number): Operation | undefined {
+    const row =
+      outcome.state === 'queued'
+        ? this.#sql(
+            `UPDATE operations SET state = 'queued', error = @error, run_at = @runAt, worker = NULL, lease_expires_at = NULL
+             WHERE ${HELD} RETURNING *`,
+          ).get({ ...lease, error: JSON.stringify(outcome.error), runAt: outcome.runAt })
+        : this.#sql(
+            `UPDATE operations SET state = @state, result = @result, error = @error, completed_at = @now,
+               expires_at = @expiresAt, worker = NULL, lease_expires_at = NULL
+             WHERE ${HELD} RETURNING *`,
+          ).get({
+            ...lease,
+            state: outcome.state,
+            result: outcome.state === 'succeeded' ? JSON.stringify(outcome.result ?? null) : null,
+            error: outcome.state === 'succeeded' ? null : JSON.stringify(outcome.error),
+            now,
+            expiresAt: outcome.expiresAt,
+          })
+    if (row === undefined) return undefined
+    this.#record(lease.id, {
+      at: now,
+      event: outcome.state === 'queued' ? 'retry-scheduled' : outcome.state,
+      attempt: lease.attempt,
+      worker: lease.worker,
+      ...(outcome.state === 'succeeded' ? {} : { error: outcome.error }),
+    })
+    return toOperation(row as Row)
+  }
+
+  release(lease: Lease, now: number): boolean {
+    const released =
+      this.#sql(`UPDATE operations SET state = 'queued', worker = NULL, lease_expires_at = NULL WHERE ${HELD}`).run({
+        ...lease,
+        now,
+      }).changes === 1
+    if (released) this.#record(lease.id, { at: now, event: 'released', attempt: lease.attempt, worker: lease.worker })
+    return released
+  }
+
+  cancel(id: string, now: number, expiresAt: number, actor: string | null = null): Operation | undefined {
+    const error = canceledError()
+    const canceled = this.#sql(
+      `UPDATE operations SET state = 'canceled', cancel_requested = 1, completed_at = @now, expires_at = @expiresAt,
+         error = @error
+       WHERE id = @id AND state = 'queued' AND cancelable = 1 RETURNING attempt`,
+    ).get({ id, now, expiresAt, error: JSON.stringify(error) }) as { attempt: number } | undefined
+    if (canceled) this.#record(id, { at: now, event: 'canceled', attempt: canceled.attempt, actor, error })
+    const requested = this.#sql(
+      `UPDATE operations SET cancel_requested = 1
+       WHERE id = ? AND state = 'running' AND cancelable = 1 AND cancel_requested = 0 RETURNING attempt`,
+    ).get(id) as { attempt: number } | undefined
+    if (requested) this.#record(id, { at: now, event: 'cancel-requested', attempt: requested.attempt, actor })
+    const row = this.#sql(`SELECT * FROM operations WHERE id = ?`).get(id) as Row | undefined
+    return row && toOperation(row)
+  }
+
+  requeue(id: string, attempts: number, now: number, actor: string | null = null): Operation | undefined {
+    const row = this.#sql(
+      `UPDATE operations SET state = 'queued', max_attempts = attempt + @attempts, cancel_requested = 0, run_at = @now,
+         progress = '{"percent":0}', result = NULL, error = NULL, completed_at = NULL, expires_at = NULL
+       WHERE id = @id AND state IN ('failed', 'canceled') RETURNING *`,
+    ).get({ id, attempts, now }) as Row | undefined
+    if (row) this.#record(id, { at: now, event: 'retried', attempt: row.attempt, actor })
+    return row && toOperation(row)
+  }
+
+  delete(id: string): boolean {
+    const deleted = this.#sql(`DELETE FROM operations WHERE id = ? AND ${FINISHED}`).run(id).changes === 1
+    if (deleted) this.#sql(`DELETE FROM operation_events WHERE operation_id = ?`).run(id)
+    return deleted
+  }
+
+  purge(now: number, limit: number): number {
+    const ids = this.#sql(
+      `DELETE FROM operations WHERE seq IN (SELECT seq FROM operations WHERE expires_at <= ? AND ${FINISHED} LIMIT ?)
+       RETURNING id`,
+    )
+      .pluck()
+      .all(now, limit) as string[]
+    const forget = this.#sql(`DELETE FROM operation_events WHERE operation_id = ?`)
+    for (const id of ids) forget.run(id)
+    this.#sql(`DELETE FROM idempotency_keys WHERE expires_at <= ?`).run(now)
+    return ids.length
+  }
+
+  #record(id: string, entry: HistoryEntry): void {
+    this.#sql(
+      `INSERT INTO operation_events (operation_id, at, event, attempt, worker, actor, has_actor, error)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      id,
+      entry.at,
+      entry.event,
+      entry.attempt,
+      entry.worker ?? null,
+      entry.actor ?? null,
+      entry.actor === undefined ? 0 : 1,
+      entry.error === undefined ? null : JSON.stringify(entry.error),
+    )
+  }
+}
+
+// --- The wire between the store (main thread) and the writer thread ---
+//
+// Batches and results travel as JSON text rather than as structured clones: every argument ends up
+// in JSON columns anyway, so JSON keeps exactly the semantics of the in-thread store (`toJSON`,
+// dropped `undefined`s and functions, Dates as strings), each call is encoded on its own so that a
+// value JSON cannot encode fails only that write, and one string is cheap to post.
+
+/** Store → writer. A batch's `json` is `{"batch":[{"method":…,"args":[…]},…]}`. */
+export type ToWriter =
+  { type: 'open'; path: string; synchronous: Synchronous } | { type: 'batch'; json: string } | { type: 'close' }
+
+/**
+ * Writer → store: a batch's results (`json` is a `WireOutcome`), the close's acknowledgement, or a
+ * failure to open or close the database.
+ */
+export type FromWriter = { type: 'results'; json: string } | { type: 'closed' } | { type: 'failed'; error: WireError }
+
+type WireSettled = { ok: true; value?: unknown } | { ok: false; error: WireError }
+type WireOutcome = { ok: true; results: WireSettled[] } | { ok: false; error: WireError }
+
+/** An error as it crosses the thread boundary, enough to rebuild one of the same kind. */
+export type WireError =
+  | { kind: 'longrun'; code: string; status: number; title: string; message: string; extra: Record<string, unknown> }
+  | { kind: 'sqlite'; code: string; message: string; stack?: string }
+  | { kind: 'error'; name: string; message: string; code?: string; stack?: string }
+
+/** Encodes one call; throws (for this call only) what JSON.stringify throws, e.g. on a BigInt. */
+export function encodeCall(method: WriteMethod, args: unknown[]): string {
+  return `{"method":"${method}","args":${JSON.stringify(args)}}`
+}
+
+export function encodeBatch(encodedCalls: readonly string[]): string {
+  return `{"batch":[${encodedCalls.join(',')}]}`
+}
+
+export function decodeBatch(json: string): WriteCall[] {
+  return (JSON.parse(json) as { batch: WriteCall[] }).batch
+}
+
+export function encodeOutcome(outcome: BatchOutcome): string {
+  if (!outcome.ok) return JSON.stringify({ ok: false, error: toWireError(outcome.error) } satisfies WireOutcome)
+  const results = outcome.results.map((settled) => {
+    if (settled.ok) {
+      try {
+        return JSON.stringify({ ok: true, value: settled.value } satisfies WireSettled)
+      } catch (error) {
+        // Cannot happen for values read back from JSON columns; fail just this call if it does.
+        return JSON.stringify({ ok: false, error: toWireError(error) } satisfies WireSettled)
+      }
+    }
+    return JSON.stringify({ ok: false, error: toWireError(settled.error) } satisfies WireSettled)
+  })
+  return `{"ok":true,"results":[${results.join(',')}]}`
+}
+
+export function decodeOutcome(json: string): BatchOutcome {
+  const outcome = JSON.parse(json) as WireOutcome
+  if (!outcome.ok) return { ok: false, error: fromWireError(outcome.error) }
+  return {
+    ok: true,
+    results: outcome.results.map((settled) =>
+      settled.ok ? { ok: true, value: settled.value } : { ok: false, error: fromWireError(settled.error) },
+    ),
+  }
+}
+
+export function toWireError(err: unknown): WireError {
+  if (err instanceof LongrunError) {
+    const { code, status, title, message, extra } = err
+    return { kind: 'longrun', code, status, title, message, extra }
+  }
+  if (err instanceof Database.SqliteError) {
+    return { kind: 'sqlite', code: err.code, message: err.message, ...(err.stack ? { stack: err.stack } : {}) }
+  }
+  if (err instanceof Error) {
+    const { code } = err as { code?: unknown }
+    return {
+      kind: 'error',
+      name: err.name,
+      message: err.message,
+      ...(typeof code === 'string' ? { code } : {}),
+      ...(err.stack ? { stack: err.stack } : {}),
+    }
+  }
+  return { kind: 'error', name: 'Error', message: String(err) }
+}
+
+const BUILTIN_ERRORS: Record<string, ErrorConstructor> = { TypeError, RangeError, SyntaxError, ReferenceError }
+
+export function fromWireError(wire: WireError): Error {
+  switch (wire.kind) {
+    case 'longrun':
+      return new LongrunError(wire.code, wire.status, wire.title, wire.message, wire.extra)
+    case 'sqlite': {
+      const err = new Database.SqliteError(wire.message, wire.code)
+      if (wire.stack) err.stack = wire.stack
+      return err
+    }
+    default: {
+      const Kind = BUILTIN_ERRORS[wire.name] ?? Error
+      const err = new Kind(wire.message)
+      err.name = wire.name
+      if (wire.code !== undefined) (err as Error & { code: string }).code = wire.code
+      if (wire.stack) err.stack = wire.stack
+      return err
+    }
+  }
+}
