@@ -1,0 +1,114 @@
+/**
+ * Numbered schema migrations, applied in order in one transaction, under an advisory lock so that
+ * nodes starting together apply each one once; `<schema>.migrations` records those applied. They run
+ * with `search_path` set to the store's schema, so the SQL names no schema. Never edit a released
+ * migration: add the next number. The tables mirror the SQLite store's (see ../sqlite/migrations.ts),
+ * with PostgreSQL types: BIGINT epoch milliseconds, JSONB documents, BOOLEAN flags.
+ */
+export const MIGRATIONS: readonly { version: number; name: string; sql: string }[] = [
+  {
+    version: 1,
+    name: 'operations',
+    sql: `
+      CREATE TABLE operations (
+        -- Insertion order: newest-first listing and its cursors use it, whatever the id generator.
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
+        owner TEXT,
+        input JSONB NOT NULL,
+        params JSONB NOT NULL,
+        query JSONB NOT NULL,
+        headers JSONB NOT NULL,
+        progress JSONB NOT NULL DEFAULT '{"percent":0}',
+        result JSONB,
+        error JSONB,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        cancelable BOOLEAN NOT NULL,
+        cancel_requested BOOLEAN NOT NULL DEFAULT false,
+        timeout_ms BIGINT,
+        created_at BIGINT NOT NULL,
+        started_at BIGINT,
+        completed_at BIGINT,
+        expires_at BIGINT,
+        run_at BIGINT NOT NULL,
+        worker TEXT,
+        -- On the database's clock (unless the store is told to trust its callers' clocks).
+        lease_expires_at BIGINT
+      );
+      -- Partial indexes: claims look only at live rows, however many finished ones are kept.
+      CREATE INDEX operations_due ON operations (name, run_at, seq) WHERE state = 'queued';
+      CREATE INDEX operations_leased ON operations (name, lease_expires_at) WHERE state = 'running';
+      CREATE INDEX operations_by_state ON operations (state, seq);
+      CREATE INDEX operations_by_owner ON operations (owner, seq);
+      CREATE INDEX operations_expiry ON operations (expires_at) WHERE expires_at IS NOT NULL;
+    `,
+  },
+  {
+    version: 2,
+    name: 'history and idempotency keys',
+    sql: `
+      CREATE TABLE operation_events (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        operation_id TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker TEXT,
+        actor TEXT,
+        -- true when the actor was recorded (actor NULL then means anonymous), false for worker events.
+        has_actor BOOLEAN NOT NULL DEFAULT false,
+        error JSONB
+      );
+      CREATE INDEX operation_events_by_operation ON operation_events (operation_id, seq);
+      CREATE TABLE idempotency_keys (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        operation_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (scope, key)
+      );
+      CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
+      -- Deleting or purging an operation frees its keys: a live key always has its operation.
+      CREATE INDEX idempotency_keys_by_operation ON idempotency_keys (operation_id);
+    `,
+  },
+  {
+    version: 3,
+    name: 'change notices',
+    // A trigger rather than a NOTIFY in each statement: every path that changes an operation, an
+    // operator's hand-written UPDATE included, wakes the workers and informs the other nodes. The
+    // payload is '<origin> <kind> <name or id>': origin is the connection's `longrun.origin`
+    // setting, so that a store can skip the notices of its own writes. NOTIFY is delivered at
+    // commit, and identical payloads within a transaction are delivered once.
+    sql: `
+      CREATE FUNCTION notify_operation_change() RETURNS trigger LANGUAGE plpgsql AS $$
+      DECLARE
+        channel TEXT := 'longrun_' || TG_TABLE_SCHEMA;
+        origin TEXT := coalesce(current_setting('longrun.origin', true), '-');
+      BEGIN
+        IF NEW.state = 'queued' AND (TG_OP = 'INSERT' OR OLD.state <> 'queued' OR OLD.run_at <> NEW.run_at) THEN
+          PERFORM pg_notify(channel, origin || ' q ' || NEW.name);
+        END IF;
+        IF TG_OP = 'UPDATE' THEN
+          IF NEW.state = 'running' AND NEW.cancel_requested AND NOT OLD.cancel_requested THEN
+            PERFORM pg_notify(channel, origin || ' c ' || NEW.id);
+          END IF;
+          IF NEW.state <> OLD.state OR NEW.attempt <> OLD.attempt OR NEW.progress <> OLD.progress
+             OR NEW.cancel_requested <> OLD.cancel_requested THEN
+            PERFORM pg_notify(channel, origin || ' x ' || NEW.id);
+          END IF;
+        END IF;
+        RETURN NULL;
+      END
+      $$;
+      -- Heartbeats set only lease_expires_at: they do not fire it.
+      CREATE TRIGGER operations_notify
+        AFTER INSERT OR UPDATE OF state, attempt, progress, cancel_requested, run_at ON operations
+        FOR EACH ROW EXECUTE FUNCTION notify_operation_change();
+    `,
+  },
+]
