@@ -1,0 +1,158 @@
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import type { FastifyRequest } from 'fastify'
+import { createLocalJWKSet, importSPKI, jwtVerify, type JWTPayload } from 'jose'
+import type { Principal } from '../core/access.js'
+import { invalidOption, LongrunError } from '../core/errors.js'
+
+/**
+ * Finds out who sent a request: a principal, or `undefined` when the request carries no
+ * credentials. Credentials that are present but wrong should throw `unauthorized(...)`.
+ */
+export type Authenticate = (request: FastifyRequest) => Principal | undefined | Promise<Principal | undefined>
+
+/** A 401 problem; `challenge` becomes the `WWW-Authenticate` header. */
+export function unauthorized(detail: string, challenge = 'Bearer realm="longrun"'): LongrunError {
+  const err = new LongrunError('unauthorized', 401, 'Unauthorized', detail)
+  err.headers['www-authenticate'] = challenge
+  return err
+}
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('base64url')
+
+export interface JwtAuthOptions {
+  /** HS256 shared secret. */
+  secret?: string
+  /** PEM (SPKI) public key, with `algorithm`. */
+  publicKey?: string
+  /** Path of a JWKS JSON file (a `{ "keys": [...] }` document). */
+  jwksFile?: string
+  /** Algorithm of `publicKey`. @default 'RS256' */
+  algorithm?: string
+  issuer?: string
+  audience?: string
+}
+
+function strings(value: unknown): string[] | undefined {
+  if (Array.isArray(value)) return value.filter((v): v is string => typeof v === 'string')
+  return undefined
+}
+
+/**
+ * Bearer JWTs, verified with `jose`: `sub` is the principal's id; `groups` and `roles` (string
+ * arrays) and `scope` (space-separated, or `scp` as an array) its groups, roles and scopes.
+ */
+export function jwtAuth(options: JwtAuthOptions): Authenticate {
+  const given = [options.secret, options.publicKey, options.jwksFile].filter((k) => k !== undefined)
+  if (given.length !== 1) throw invalidOption('jwtAuth', 'needs exactly one of secret, publicKey, jwksFile')
+  const verifyOptions = {
+    ...(options.issuer !== undefined ? { issuer: options.issuer } : {}),
+    ...(options.audience !== undefined ? { audience: options.audience } : {}),
+  }
+  let verify: (token: string) => Promise<JWTPayload>
+  if (options.secret !== undefined) {
+    if (options.secret.length < 16) throw invalidOption('jwtAuth.secret', 'must be at least 16 characters')
+    const secret = new TextEncoder().encode(options.secret)
+    verify = async (token) => (await jwtVerify(token, secret, { ...verifyOptions, algorithms: ['HS256'] })).payload
+  } else if (options.publicKey !== undefined) {
+    const algorithm = options.algorithm ?? 'RS256'
+    const publicKey = importSPKI(options.publicKey, algorithm)
+    verify = async (token) =>
+      (await jwtVerify(token, await publicKey, { ...verifyOptions, algorithms: [algorithm] })).payload
+  } else {
+    const keys = createLocalJWKSet(JSON.parse(readFileSync(options.jwksFile!, 'utf8')))
+    verify = async (token) => (await jwtVerify(token, keys, verifyOptions)).payload
+  }
+  const challenge = (error: string) => `Bearer realm="longrun", error="${error}"`
+  return async (request) => {
+    const header = request.headers.authorization
+    if (header === undefined) return undefined
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header)
+    if (!match) throw unauthorized('Send a bearer token: Authorization: Bearer <token>.', challenge('invalid_request'))
+    let payload: JWTPayload
+    try {
+      payload = await verify(match[1]!)
+    } catch {
+      throw unauthorized('The bearer token is invalid or expired.', challenge('invalid_token'))
+    }
+    if (typeof payload.sub !== 'string' || payload.sub === '') {
+      throw unauthorized('The bearer token has no subject.', challenge('invalid_token'))
+    }
+    const scopes = typeof payload.scope === 'string' ? payload.scope.split(' ').filter(Boolean) : strings(payload.scp)
+    return {
+      id: payload.sub,
+      ...(strings(payload.groups) ? { groups: strings(payload.groups)! } : {}),
+      ...(strings(payload.roles) ? { roles: strings(payload.roles)! } : {}),
+      ...(scopes ? { scopes } : {}),
+    }
+  }
+}
+
+export interface ApiKeyAuthOptions {
+  /** Each key and the principal it stands for. */
+  keys: Record<string, Principal>
+  /** @default 'x-api-key' */
+  header?: string
+}
+
+/** Static API keys from a header. */
+export function apiKeyAuth(options: ApiKeyAuthOptions): Authenticate {
+  const header = (options.header ?? 'x-api-key').toLowerCase()
+  // Looked up by hash, so that the comparison time says nothing about how much of a key matched.
+  const byHash = new Map(Object.entries(options.keys).map(([key, principal]) => [sha256(key), principal]))
+  return (request) => {
+    const key = request.headers[header]
+    if (key === undefined) return undefined
+    const principal = typeof key === 'string' ? byHash.get(sha256(key)) : undefined
+    if (!principal) throw unauthorized(`The ${header} header holds no known key.`, `ApiKey header="${header}"`)
+    return principal
+  }
+}
+
+export interface SessionAuthOptions {
+  /** Header carrying the session key. @default 'x-session-key' */
+  header?: string
+  /** Cookie carrying the session key, when no header does. */
+  cookie?: string
+  /** Without a key, isolate callers by (a hash of) their IP address. @default true */
+  fallbackToIp?: boolean
+}
+
+/**
+ * The Node task system's session isolation: every caller is the principal `session:<hash of its
+ * key>`, or `ip:<hash of its address>`. Not authentication - anyone who knows a key is its session -
+ * but it keeps callers' operations apart.
+ */
+export function sessionAuth(options: SessionAuthOptions = {}): Authenticate {
+  const header = (options.header ?? 'x-session-key').toLowerCase()
+  return (request) => {
+    const fromHeader = request.headers[header]
+    const key = typeof fromHeader === 'string' && fromHeader !== '' ? fromHeader : cookie(request, options.cookie)
+    if (key !== undefined) return { id: `session:${sha256(key).slice(0, 22)}` }
+    if (options.fallbackToIp ?? true) return { id: `ip:${sha256(request.ip).slice(0, 22)}` }
+    return undefined
+  }
+}
+
+function cookie(request: FastifyRequest, name: string | undefined): string | undefined {
+  if (name === undefined || request.headers.cookie === undefined) return undefined
+  for (const part of request.headers.cookie.split(';')) {
+    const eq = part.indexOf('=')
+    if (eq !== -1 && part.slice(0, eq).trim() === name) {
+      const value = part.slice(eq + 1).trim()
+      return value === '' ? undefined : decodeURIComponent(value)
+    }
+  }
+  return undefined
+}
+
+/** The first of `authenticators` that finds a principal. */
+export function anyOf(...authenticators: Authenticate[]): Authenticate {
+  return async (request) => {
+    for (const authenticate of authenticators) {
+      const principal = await authenticate(request)
+      if (principal) return principal
+    }
+    return undefined
+  }
+}

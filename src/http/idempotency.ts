@@ -1,0 +1,49 @@
+import { createHash } from 'node:crypto'
+import stableStringify from 'safe-stable-stringify'
+import { LongrunError } from '../core/errors.js'
+
+/** How a route treats idempotency keys. */
+export type IdempotencyMode = 'optional' | 'required'
+
+/** Header telling a client without a key that sending one is recommended. */
+export const KEY_RECOMMENDED_HEADER = 'idempotency-key-recommended'
+
+// Visible ASCII and spaces, as the IETF Idempotency-Key draft's string keys; 255 at most.
+const KEY = /^[\x20-\x7e]{1,255}$/
+
+const invalidKey = (why: string) => new LongrunError('invalid-idempotency-key', 400, 'Invalid idempotency key', why)
+
+/**
+ * The request's idempotency key, from the first of `headers` it carries; `undefined` without one.
+ * `rawHeaders` is Node's flat [name, value, ...] list: it shows a header sent twice, which the
+ * parsed headers would silently join.
+ */
+export function idempotencyKeyOf(rawHeaders: string[], headers: readonly string[]): string | undefined {
+  for (const name of headers) {
+    const values: string[] = []
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      if (rawHeaders[i]!.toLowerCase() === name) values.push(rawHeaders[i + 1]!)
+    }
+    if (values.length === 0) continue
+    if (values.length > 1) throw invalidKey(`Send one ${name} header, not ${values.length}.`)
+    const key = values[0]!
+    if (!KEY.test(key)) throw invalidKey(`The ${name} header must be 1 to 255 visible ASCII characters.`)
+    return key
+  }
+  return undefined
+}
+
+export const idempotencyKeyRequired = (header: string) =>
+  new LongrunError(
+    'idempotency-key-required',
+    400,
+    'Idempotency key required',
+    `This route requires an ${header} header: a unique key per request, reused only to resend the same request.`,
+  )
+
+/** Same method, path and body (keys in any order) give the same fingerprint. */
+export function fingerprint(method: string, path: string, body: unknown): string {
+  return createHash('sha256')
+    .update(`${method}\n${path}\n${stableStringify(body ?? null)}`)
+    .digest('base64url')
+}

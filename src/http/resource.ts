@@ -1,0 +1,111 @@
+import { attemptsOf } from '../core/engine.js'
+import type { HistoryEntry, Operation, OperationError } from '../core/types.js'
+
+/** The operation as clients see it (DESIGN §2): camelCase, ISO 8601 UTC times, links. */
+export interface OperationResource {
+  id: string
+  name: string
+  state: Operation['state']
+  done: boolean
+  owner: string | null
+  progress: Operation['progress']
+  createdAt: string
+  startedAt: string | null
+  completedAt: string | null
+  expiresAt: string | null
+  attempt: number
+  maxAttempts: number
+  nextAttemptAt?: string
+  cancelable: boolean
+  cancelRequested: boolean
+  result?: unknown
+  error?: OperationError
+  links: { self: string; result: string; error: string; cancel: string }
+  /** Only on the single-operation view. */
+  attempts?: {
+    attempt: number
+    worker: string
+    startedAt: string
+    endedAt: string | null
+    outcome: string | null
+    error?: OperationError
+  }[]
+  /** Only on the single-operation view: who did what, oldest first. */
+  history?: (Omit<HistoryEntry, 'at'> & { at: string })[]
+}
+
+export interface ResourceOptions {
+  basePath: string
+  exposeStack: boolean
+}
+
+const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).toISOString())
+
+export function operationUrl(basePath: string, id: string): string {
+  return `${basePath}/${encodeURIComponent(id)}`
+}
+
+export function isDone(op: Operation): boolean {
+  return op.state === 'succeeded' || op.state === 'failed' || op.state === 'canceled'
+}
+
+export function publicError(error: OperationError, exposeStack: boolean): OperationError {
+  if (exposeStack || error.stack === undefined) return error
+  const { stack: _stack, ...rest } = error
+  return rest
+}
+
+export function toResource(op: Operation, options: ResourceOptions): OperationResource {
+  const self = operationUrl(options.basePath, op.id)
+  const resource: OperationResource = {
+    id: op.id,
+    name: op.name,
+    state: op.state,
+    done: isDone(op),
+    owner: op.owner,
+    progress: op.progress,
+    createdAt: iso(op.createdAt)!,
+    startedAt: iso(op.startedAt),
+    completedAt: iso(op.completedAt),
+    expiresAt: iso(op.expiresAt),
+    attempt: op.attempt,
+    maxAttempts: op.maxAttempts,
+    cancelable: op.cancelable,
+    cancelRequested: op.cancelRequested,
+    links: {
+      self,
+      result: `${self}/result`,
+      error: `${self}/error`,
+      cancel: `${self}/cancel`,
+    },
+  }
+  // A queued operation that already ran once is waiting for its next attempt.
+  if (op.state === 'queued' && op.attempt > 0) resource.nextAttemptAt = iso(op.runAt)!
+  if (op.state === 'succeeded') resource.result = op.result
+  if (op.error && op.state !== 'succeeded') resource.error = publicError(op.error, options.exposeStack)
+  return resource
+}
+
+/** The single-operation view: the resource with its attempts and history. */
+export function toDetailedResource(
+  op: Operation,
+  history: HistoryEntry[],
+  options: ResourceOptions,
+): OperationResource {
+  const shown = (error: OperationError | undefined) => (error ? { error: publicError(error, options.exposeStack) } : {})
+  return {
+    ...toResource(op, options),
+    attempts: attemptsOf(history).map((a) => ({
+      attempt: a.attempt,
+      worker: a.worker,
+      startedAt: iso(a.startedAt)!,
+      endedAt: iso(a.endedAt),
+      outcome: a.outcome ?? null,
+      ...shown(a.error),
+    })),
+    history: [
+      { at: iso(op.createdAt)!, event: 'submitted' as HistoryEntry['event'], attempt: 0, actor: op.owner },
+      ...history.map(({ at, error, ...entry }) => ({ ...entry, at: iso(at)!, ...shown(error) })),
+    ],
+  }
+}
