@@ -1,0 +1,871 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { LongrunError } from '../src/core/errors.js'
+import type { Store } from '../src/core/store.js'
+import type { HistoryEntry, IdempotencyKey, Lease, NewOperation, Operation, OperationError } from '../src/core/types.js'
+
+/** One opened store under test; `cleanup` runs after the contract has closed the store. */
+export interface OpenedStore {
+  store: Store
+  cleanup?: () => Promise<void>
+}
+
+// Every time below is an injected clock value: the store must never read its own.
+const T0 = 1_700_000_000_000
+const LEASE = 1_000
+const RETAIN = 86_400_000
+
+const boom: OperationError = {
+  type: 'urn:longrun:problem:handler-error',
+  code: 'handler-error',
+  title: 'Error',
+  detail: 'boom',
+}
+
+let counter = 0
+
+function newOp(overrides: Partial<NewOperation> = {}): NewOperation {
+  counter++
+  return {
+    id: `op-${String(counter).padStart(5, '0')}`,
+    name: 'work',
+    owner: 'alice',
+    input: { n: counter },
+    params: {},
+    query: {},
+    headers: {},
+    maxAttempts: 1,
+    cancelable: true,
+    timeoutMs: 60_000,
+    createdAt: T0,
+    ...overrides,
+  }
+}
+
+const leaseOf = (op: Operation): Lease => ({ id: op.id, attempt: op.attempt, worker: op.worker! })
+
+const ids = (ops: { id: string }[]) => ops.map((op) => op.id)
+
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise
+  } catch (err) {
+    return err
+  }
+  throw new Error('expected a rejection')
+}
+
+/**
+ * The conformance suite every `Store` must pass. Compare-and-set semantics are checked through the
+ * public interface only, with plain numbers for `now`, so the suite never sleeps.
+ */
+export function storeContract(name: string, open: () => Promise<OpenedStore>): void {
+  describe(`${name} store`, () => {
+    let store: Store
+    let cleanup: (() => Promise<void>) | undefined
+
+    beforeEach(async () => {
+      ;({ store, cleanup } = await open())
+    })
+
+    afterEach(async () => {
+      await store.close()
+      await cleanup?.()
+    })
+
+    /** Inserts and claims one operation for `worker` at `now`. */
+    async function running(overrides: Partial<NewOperation> = {}, worker = 'w1', now = T0): Promise<Operation> {
+      const op = await store.insert(newOp({ createdAt: now, ...overrides }))
+      const claimed = await store.claim(worker, [{ name: op.name, limit: 1 }], LEASE, now)
+      expect(ids(claimed)).toEqual([op.id])
+      return claimed[0]!
+    }
+
+    async function finished(state: 'succeeded' | 'failed' | 'canceled', expiresAt = T0 + RETAIN): Promise<Operation> {
+      // A name of its own, so that it never claims another test's queued operation instead.
+      const op = await running({ name: 'done' })
+      const outcome =
+        state === 'succeeded'
+          ? ({ state, result: { ok: true }, expiresAt } as const)
+          : ({ state, error: boom, expiresAt } as const)
+      const settled = await store.settle(leaseOf(op), outcome, T0 + 10)
+      expect(settled?.state).toBe(state)
+      return settled!
+    }
+
+    describe('insert and get', () => {
+      it('round-trips every field of a new operation', async () => {
+        const input = {
+          text: 'héllo ✓ "quoted" \\ back',
+          int: 42,
+          float: -1.5e-7,
+          yes: true,
+          no: false,
+          nothing: null,
+          list: [1, 'two', { three: [3] }, []],
+          nested: { a: { b: { c: {} } } },
+        }
+        const fresh = newOp({
+          owner: null,
+          input,
+          params: { userId: '7', slug: 'a-b' },
+          query: { page: 2, tags: ['x', 'y'], flag: true },
+          headers: { 'content-type': 'application/json', 'x-trace': 'abc' },
+          maxAttempts: 3,
+          cancelable: false,
+          timeoutMs: null,
+          createdAt: T0 + 5,
+        })
+        const expected: Operation = {
+          ...structuredClone(fresh),
+          state: 'queued',
+          progress: { percent: 0 },
+          attempt: 0,
+          cancelRequested: false,
+          runAt: T0 + 5,
+        }
+        expect(await store.insert(fresh)).toStrictEqual(expected)
+        expect(await store.get(fresh.id)).toStrictEqual(expected)
+      })
+
+      it('round-trips scalar and array inputs', async () => {
+        for (const input of [null, 0, 'text', [1, 2, 3], false]) {
+          const op = await store.insert(newOp({ input }))
+          expect((await store.get(op.id))!.input).toStrictEqual(input)
+        }
+      })
+
+      it('answers undefined for an unknown id', async () => {
+        expect(await store.get('no-such-op')).toBeUndefined()
+      })
+
+      it('returns copies that callers cannot mutate the store through', async () => {
+        const op = await store.insert(newOp({ input: { n: 1 } }))
+        ;(op.input as { n: number }).n = 2
+        const read = await store.get(op.id)
+        ;(read!.input as { n: number }).n = 3
+        read!.state = 'failed'
+        expect(await store.get(op.id)).toMatchObject({ state: 'queued', input: { n: 1 } })
+      })
+
+      it('rejects a duplicate id with duplicate-operation-id and keeps the original', async () => {
+        const first = await store.insert(newOp({ id: 'dup', input: 'first' }))
+        const err = await rejection(store.insert(newOp({ id: 'dup', input: 'second', name: 'other' })))
+        expect(err).toBeInstanceOf(LongrunError)
+        expect((err as LongrunError).code).toBe('duplicate-operation-id')
+        expect(await store.get('dup')).toStrictEqual(first)
+        expect((await store.list({ limit: 10 })).items).toHaveLength(1)
+      })
+    })
+
+    describe('list', () => {
+      it('lists newest first', async () => {
+        const inserted = []
+        // Same createdAt for all: order must come from insertion, not from timestamps or ids.
+        for (const id of ['m', 'b', 'z', 'a']) inserted.push(await store.insert(newOp({ id })))
+        const page = await store.list({ limit: 10 })
+        expect(ids(page.items)).toEqual(['a', 'z', 'b', 'm'])
+        expect(page.nextCursor).toBeUndefined()
+        expect(page.items[0]).toStrictEqual(inserted[3])
+      })
+
+      it('filters by states, name and owner, including anonymous owners', async () => {
+        const a1 = await store.insert(newOp({ name: 'a', owner: 'alice' }))
+        const a2 = await store.insert(newOp({ name: 'a', owner: null }))
+        const b1 = await store.insert(newOp({ name: 'b', owner: 'bob' }))
+        const b2 = await store.insert(newOp({ name: 'b', owner: null }))
+        await store.claim('w1', [{ name: 'b', limit: 1 }], LEASE, T0) // b1 -> running
+        await store.cancel(a1.id, T0, T0 + RETAIN) // a1 -> canceled
+
+        const list = async (query: Omit<Parameters<Store['list']>[0], 'limit'>) =>
+          ids((await store.list({ limit: 100, ...query })).items)
+
+        expect(await list({})).toEqual([b2.id, b1.id, a2.id, a1.id])
+        // An empty states list is no filter, not a filter that matches nothing.
+        expect(await list({ states: [] })).toEqual([b2.id, b1.id, a2.id, a1.id])
+        expect(await list({ states: ['queued'] })).toEqual([b2.id, a2.id])
+        expect(await list({ states: ['running', 'canceled'] })).toEqual([b1.id, a1.id])
+        expect(await list({ states: ['succeeded'] })).toEqual([])
+        expect(await list({ name: 'a' })).toEqual([a2.id, a1.id])
+        expect(await list({ name: 'nope' })).toEqual([])
+        expect(await list({ owner: 'alice' })).toEqual([a1.id])
+        expect(await list({ owner: null })).toEqual([b2.id, a2.id])
+        expect(await list({ owner: null, name: 'b' })).toEqual([b2.id])
+        expect(await list({ owner: null, states: ['running'] })).toEqual([])
+        expect(await list({ owner: 'bob', states: ['running'], name: 'b' })).toEqual([b1.id])
+      })
+
+      it('pages with limit and cursor, visiting every operation exactly once', async () => {
+        const all = []
+        for (let i = 0; i < 23; i++) all.push((await store.insert(newOp())).id)
+        for (const limit of [1, 5, 7, 23, 50]) {
+          const seen: string[] = []
+          let cursor: string | undefined
+          let pages = 0
+          do {
+            const page = await store.list({ limit, ...(cursor === undefined ? {} : { cursor }) })
+            expect(page.items.length).toBeLessThanOrEqual(limit)
+            if (page.nextCursor !== undefined) expect(page.items).toHaveLength(limit)
+            seen.push(...ids(page.items))
+            cursor = page.nextCursor
+            pages++
+          } while (cursor !== undefined)
+          expect(seen).toEqual([...all].reverse())
+          expect(pages).toBe(Math.ceil(23 / limit))
+        }
+      })
+
+      it('pages through a filtered list, visiting every match exactly once', async () => {
+        const mine = []
+        for (let i = 0; i < 17; i++) {
+          const op = await store.insert(newOp({ owner: i % 3 === 0 ? null : 'alice' }))
+          if (op.owner === null) mine.push(op.id)
+        }
+        const seen: string[] = []
+        let cursor: string | undefined
+        do {
+          const page = await store.list({ owner: null, limit: 2, ...(cursor === undefined ? {} : { cursor }) })
+          seen.push(...ids(page.items))
+          cursor = page.nextCursor
+        } while (cursor !== undefined)
+        expect(seen).toEqual(mine.reverse())
+      })
+
+      it('keeps a cursor valid while newer operations arrive', async () => {
+        for (let i = 0; i < 4; i++) await store.insert(newOp({ id: `old-${i}` }))
+        const first = await store.list({ limit: 2 })
+        expect(ids(first.items)).toEqual(['old-3', 'old-2'])
+        await store.insert(newOp({ id: 'new-0' }))
+        const second = await store.list({ limit: 2, cursor: first.nextCursor! })
+        expect(ids(second.items)).toEqual(['old-1', 'old-0'])
+        expect(second.nextCursor).toBeUndefined()
+      })
+    })
+
+    describe('stats', () => {
+      it('counts operations by name and state, optionally for one owner', async () => {
+        await store.insert(newOp({ name: 'a', owner: 'alice' }))
+        await store.insert(newOp({ name: 'a', owner: 'alice' }))
+        await store.insert(newOp({ name: 'a', owner: null }))
+        const b = await store.insert(newOp({ name: 'b', owner: 'bob' }))
+        await store.insert(newOp({ name: 'b', owner: null }))
+        await store.claim('w1', [{ name: 'a', limit: 1 }], LEASE, T0)
+        await store.cancel(b.id, T0, T0 + RETAIN)
+
+        const sorted = (rows: Awaited<ReturnType<Store['stats']>>) =>
+          [...rows].sort((x, y) => `${x.name}/${x.state}`.localeCompare(`${y.name}/${y.state}`))
+
+        expect(sorted(await store.stats({}))).toEqual([
+          { name: 'a', state: 'queued', count: 2 },
+          { name: 'a', state: 'running', count: 1 },
+          { name: 'b', state: 'canceled', count: 1 },
+          { name: 'b', state: 'queued', count: 1 },
+        ])
+        expect(sorted(await store.stats({ owner: null }))).toEqual([
+          { name: 'a', state: 'queued', count: 1 },
+          { name: 'b', state: 'queued', count: 1 },
+        ])
+        expect(sorted(await store.stats({ owner: 'bob' }))).toEqual([{ name: 'b', state: 'canceled', count: 1 }])
+        expect(await store.stats({ owner: 'nobody' })).toEqual([])
+      })
+
+      it('answers no rows for an empty store', async () => {
+        expect(await store.stats({})).toEqual([])
+      })
+    })
+
+    describe('claim', () => {
+      it('moves a due operation to running for the worker with a lease', async () => {
+        const op = await store.insert(newOp())
+        const claimed = await store.claim('w1', [{ name: 'work', limit: 5 }], LEASE, T0 + 7)
+        expect(claimed).toHaveLength(1)
+        const expected: Operation = {
+          ...op,
+          state: 'running',
+          attempt: 1,
+          worker: 'w1',
+          leaseExpiresAt: T0 + 7 + LEASE,
+          startedAt: T0 + 7,
+        }
+        expect(claimed[0]).toStrictEqual(expected)
+        expect(await store.get(op.id)).toStrictEqual(expected)
+      })
+
+      it('claims only operations whose runAt has come', async () => {
+        const later = await store.insert(newOp({ createdAt: T0 + 100 }))
+        expect(await store.claim('w1', [{ name: 'work', limit: 5 }], LEASE, T0 + 99)).toEqual([])
+        expect((await store.get(later.id))!.state).toBe('queued')
+        expect(ids(await store.claim('w1', [{ name: 'work', limit: 5 }], LEASE, T0 + 100))).toEqual([later.id])
+      })
+
+      it('respects the limit of each name and ignores names not asked for', async () => {
+        for (let i = 0; i < 5; i++) await store.insert(newOp({ name: 'a' }))
+        for (let i = 0; i < 3; i++) await store.insert(newOp({ name: 'b' }))
+        for (let i = 0; i < 2; i++) await store.insert(newOp({ name: 'c' }))
+        const claimed = await store.claim(
+          'w1',
+          [
+            { name: 'a', limit: 2 },
+            { name: 'b', limit: 10 },
+            { name: 'unknown', limit: 3 },
+          ],
+          LEASE,
+          T0,
+        )
+        const byName = (n: string) => claimed.filter((op) => op.name === n).length
+        expect(claimed).toHaveLength(5)
+        expect([byName('a'), byName('b'), byName('c')]).toEqual([2, 3, 0])
+        expect(await store.claim('w1', [{ name: 'a', limit: 0 }], LEASE, T0)).toEqual([])
+        expect(await store.claim('w1', [], LEASE, T0)).toEqual([])
+        const rest = await store.claim('w2', [{ name: 'a', limit: 10 }], LEASE, T0)
+        expect(rest).toHaveLength(3)
+        expect(rest.every((op) => op.worker === 'w2' && op.attempt === 1)).toBe(true)
+      })
+
+      it('claims operations oldest first', async () => {
+        const first = await store.insert(newOp({ id: 'zz-first' }))
+        await store.insert(newOp({ id: 'aa-second' }))
+        expect(ids(await store.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0))).toEqual([first.id])
+      })
+
+      it('never returns the same operation to two claims while its lease holds', async () => {
+        for (let i = 0; i < 4; i++) await store.insert(newOp())
+        const one = await store.claim('w1', [{ name: 'work', limit: 10 }], LEASE, T0)
+        expect(one).toHaveLength(4)
+        expect(await store.claim('w2', [{ name: 'work', limit: 10 }], LEASE, T0 + LEASE - 1)).toEqual([])
+        expect(await store.claim('w1', [{ name: 'work', limit: 10 }], LEASE, T0 + LEASE - 1)).toEqual([])
+      })
+
+      it('hands an operation whose lease expired to another worker with the next attempt', async () => {
+        const op = await running({}, 'w1', T0)
+        const reclaimed = await store.claim('w2', [{ name: 'work', limit: 5 }], LEASE, T0 + LEASE)
+        expect(ids(reclaimed)).toEqual([op.id])
+        expect(reclaimed[0]).toMatchObject({
+          state: 'running',
+          attempt: 2,
+          worker: 'w2',
+          startedAt: T0 + LEASE,
+          leaseExpiresAt: T0 + 2 * LEASE,
+        })
+      })
+
+      it('fences off the worker whose lease was taken over: its writes change nothing', async () => {
+        const stale = await running({}, 'w1', T0)
+        const [fresh] = await store.claim('w2', [{ name: 'work', limit: 5 }], LEASE, T0 + LEASE + 1)
+        expect(fresh?.attempt).toBe(2)
+        const before = await store.get(stale.id)
+
+        expect(await store.heartbeat(leaseOf(stale), LEASE, T0 + LEASE + 2)).toEqual({
+          held: false,
+          cancelRequested: false,
+        })
+        expect(await store.progress(leaseOf(stale), { percent: 99, step: 'stale' })).toBe(false)
+        expect(
+          await store.settle(leaseOf(stale), { state: 'succeeded', result: 'stale', expiresAt: T0 }, T0 + LEASE + 3),
+        ).toBeUndefined()
+        expect(
+          await store.settle(leaseOf(stale), { state: 'queued', error: boom, runAt: T0 }, T0 + LEASE + 3),
+        ).toBeUndefined()
+        expect(await store.release(leaseOf(stale), T0 + LEASE + 4)).toBe(false)
+        // Right attempt, wrong worker; right worker, wrong attempt: neither holds the lease.
+        const impostor = { ...leaseOf(fresh!), worker: 'w1' }
+        expect((await store.heartbeat(impostor, LEASE, T0 + LEASE + 5)).held).toBe(false)
+        expect(await store.release({ ...leaseOf(fresh!), attempt: 3 }, T0 + LEASE + 5)).toBe(false)
+
+        expect(await store.get(stale.id)).toStrictEqual(before)
+        // The new holder still can.
+        expect(await store.progress(leaseOf(fresh!), { percent: 10 })).toBe(true)
+        expect((await store.settle(leaseOf(fresh!), { state: 'succeeded', result: 1, expiresAt: T0 }, T0))?.state).toBe(
+          'succeeded',
+        )
+      })
+
+      it('never returns one operation to two of many concurrent claims', async () => {
+        const total = 60
+        for (let i = 0; i < total; i++) await store.insert(newOp())
+        const claims = await Promise.all(
+          Array.from({ length: 40 }, (_, i) =>
+            store.claim(i % 2 === 0 ? 'w1' : 'w2', [{ name: 'work', limit: 3 }], LEASE, T0),
+          ),
+        )
+        const claimed = claims.flat()
+        expect(claims.every((c) => c.length <= 3)).toBe(true)
+        expect(new Set(ids(claimed)).size).toBe(claimed.length)
+        expect(claimed).toHaveLength(total)
+        expect(claimed.every((op) => op.attempt === 1)).toBe(true)
+        const page = await store.list({ limit: 1_000, states: ['running'] })
+        expect(page.items).toHaveLength(total)
+      })
+
+      it('never returns one expired operation to two concurrent claims', async () => {
+        for (let i = 0; i < 10; i++) await store.insert(newOp())
+        await store.claim('dead', [{ name: 'work', limit: 10 }], LEASE, T0)
+        const claims = await Promise.all(
+          Array.from({ length: 10 }, (_, i) =>
+            store.claim(`w${i}`, [{ name: 'work', limit: 2 }], LEASE, T0 + LEASE + i),
+          ),
+        )
+        const claimed = claims.flat()
+        expect(claimed).toHaveLength(10)
+        expect(new Set(ids(claimed)).size).toBe(10)
+        expect(claimed.every((op) => op.attempt === 2)).toBe(true)
+      })
+    })
+
+    describe('heartbeat and progress', () => {
+      it('extends the lease while held', async () => {
+        const op = await running({}, 'w1', T0)
+        expect(await store.heartbeat(leaseOf(op), LEASE, T0 + 500)).toEqual({ held: true, cancelRequested: false })
+        expect((await store.get(op.id))!.leaseExpiresAt).toBe(T0 + 500 + LEASE)
+        expect(await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE)).toEqual([])
+        expect(await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + 500 + LEASE - 1)).toEqual([])
+        expect(ids(await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + 500 + LEASE))).toEqual([op.id])
+      })
+
+      it('reports a requested cancel to the lease holder', async () => {
+        const op = await running()
+        await store.cancel(op.id, T0 + 1, T0 + RETAIN)
+        expect(await store.heartbeat(leaseOf(op), LEASE, T0 + 2)).toEqual({ held: true, cancelRequested: true })
+      })
+
+      it('records progress while the lease is held', async () => {
+        const op = await running()
+        expect(await store.progress(leaseOf(op), { percent: 40, step: 'download', description: 'Fetching' })).toBe(true)
+        expect((await store.get(op.id))!.progress).toStrictEqual({
+          percent: 40,
+          step: 'download',
+          description: 'Fetching',
+        })
+        expect(await store.progress(leaseOf(op), { percent: 50 })).toBe(true)
+        expect((await store.get(op.id))!.progress).toStrictEqual({ percent: 50 })
+      })
+
+      it('refuses heartbeats and progress for queued, unknown and finished operations', async () => {
+        const queued = await store.insert(newOp())
+        const notHeld = { id: queued.id, attempt: 0, worker: 'w1' }
+        expect(await store.heartbeat(notHeld, LEASE, T0)).toEqual({ held: false, cancelRequested: false })
+        expect(await store.progress(notHeld, { percent: 1 })).toBe(false)
+        expect(await store.heartbeat({ id: 'nope', attempt: 1, worker: 'w1' }, LEASE, T0)).toMatchObject({
+          held: false,
+        })
+        const done = await finished('succeeded')
+        const doneLease = { id: done.id, attempt: done.attempt, worker: 'w1' }
+        expect((await store.heartbeat(doneLease, LEASE, T0)).held).toBe(false)
+        expect(await store.progress(doneLease, { percent: 1 })).toBe(false)
+        expect((await store.get(queued.id))!.progress).toStrictEqual({ percent: 0 })
+      })
+    })
+
+    describe('settle', () => {
+      it('records success with its result and retention', async () => {
+        const op = await running()
+        await store.progress(leaseOf(op), { percent: 100 })
+        const result = { rows: [1, 2, { x: null }], total: 3, label: 'ünïcode' }
+        const settled = await store.settle(leaseOf(op), { state: 'succeeded', result, expiresAt: T0 + RETAIN }, T0 + 50)
+        const expected: Operation = {
+          ...op,
+          state: 'succeeded',
+          progress: { percent: 100 },
+          result,
+          completedAt: T0 + 50,
+          expiresAt: T0 + RETAIN,
+        }
+        delete expected.worker
+        delete expected.leaseExpiresAt
+        expect(settled).toStrictEqual(expected)
+        expect(await store.get(op.id)).toStrictEqual(expected)
+      })
+
+      it('records a null result', async () => {
+        const op = await running()
+        await store.settle(leaseOf(op), { state: 'succeeded', result: null, expiresAt: T0 }, T0)
+        const read = await store.get(op.id)
+        expect(read!.state).toBe('succeeded')
+        expect(read!.result).toBeNull()
+      })
+
+      it.each(['failed', 'canceled'] as const)('records %s with its error', async (state) => {
+        const op = await running()
+        const settled = await store.settle(leaseOf(op), { state, error: boom, expiresAt: T0 + RETAIN }, T0 + 60)
+        expect(settled).toMatchObject({ state, error: boom, completedAt: T0 + 60, expiresAt: T0 + RETAIN })
+        expect(settled!.result).toBeUndefined()
+        expect(settled!.worker).toBeUndefined()
+        expect(settled!.leaseExpiresAt).toBeUndefined()
+        expect(await store.get(op.id)).toStrictEqual(settled)
+      })
+
+      it('records one outcome only: a second settle under the same lease changes nothing', async () => {
+        const op = await running()
+        const first = await store.settle(leaseOf(op), { state: 'succeeded', result: 1, expiresAt: T0 }, T0)
+        expect(await store.settle(leaseOf(op), { state: 'failed', error: boom, expiresAt: T0 }, T0 + 1)).toBeUndefined()
+        expect(await store.release(leaseOf(op), T0 + 1)).toBe(false)
+        expect(await store.get(op.id)).toStrictEqual(first)
+      })
+
+      it('queues a retry until its runAt, keeping the error, then claims it with the next attempt', async () => {
+        const op = await running({ maxAttempts: 3 })
+        const retry = await store.settle(leaseOf(op), { state: 'queued', error: boom, runAt: T0 + 300 }, T0 + 20)
+        expect(retry).toMatchObject({ state: 'queued', error: boom, runAt: T0 + 300, attempt: 1 })
+        expect(retry!.worker).toBeUndefined()
+        expect(retry!.leaseExpiresAt).toBeUndefined()
+        expect(retry!.completedAt).toBeUndefined()
+        expect(await store.get(op.id)).toStrictEqual(retry)
+
+        expect(await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + 299)).toEqual([])
+        const [again] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + 300)
+        expect(again).toMatchObject({ id: op.id, state: 'running', attempt: 2, worker: 'w2', startedAt: T0 + 300 })
+        // The first attempt's lease is gone for good.
+        expect(await store.progress(leaseOf(op), { percent: 5 })).toBe(false)
+
+        const done = await store.settle(leaseOf(again!), { state: 'succeeded', result: 'ok', expiresAt: T0 }, T0 + 400)
+        expect(done).toMatchObject({ state: 'succeeded', result: 'ok', attempt: 2 })
+        expect(done!.error).toBeUndefined()
+      })
+    })
+
+    describe('release', () => {
+      it('gives a held operation back, due at once in its old place, and it is claimed with the next attempt', async () => {
+        const op = await running({}, 'w1', T0)
+        expect(await store.release(leaseOf(op), T0 + 30)).toBe(true)
+        const read = await store.get(op.id)
+        expect(read).toMatchObject({ state: 'queued', runAt: op.runAt, attempt: 1 })
+        expect(read!.worker).toBeUndefined()
+        expect(read!.leaseExpiresAt).toBeUndefined()
+        expect(await store.release(leaseOf(op), T0 + 31)).toBe(false)
+        // Queued after it, but released work keeps its place: it is claimed first.
+        await store.insert(newOp({ createdAt: T0 + 20 }))
+        const [again] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + 30)
+        expect(again).toMatchObject({ id: op.id, attempt: 2, worker: 'w2' })
+      })
+
+      it('refuses to release a queued or unknown operation', async () => {
+        const op = await store.insert(newOp())
+        expect(await store.release({ id: op.id, attempt: 0, worker: 'w1' }, T0)).toBe(false)
+        expect(await store.release({ id: 'nope', attempt: 1, worker: 'w1' }, T0)).toBe(false)
+        expect(await store.get(op.id)).toStrictEqual(op)
+      })
+    })
+
+    describe('cancel', () => {
+      it('cancels a queued cancelable operation at once', async () => {
+        const op = await store.insert(newOp())
+        const canceled = await store.cancel(op.id, T0 + 5, T0 + RETAIN)
+        expect(canceled).toMatchObject({ state: 'canceled', completedAt: T0 + 5, expiresAt: T0 + RETAIN })
+        expect(canceled!.error?.code).toBe('canceled')
+        expect(canceled!.error?.type).toBe('urn:longrun:problem:canceled')
+        expect(await store.get(op.id)).toStrictEqual(canceled)
+        expect(await store.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0 + RETAIN * 2)).toEqual([])
+      })
+
+      it('asks a running cancelable operation to stop, leaving it running for its worker to settle', async () => {
+        const op = await running()
+        const after = await store.cancel(op.id, T0 + 5, T0 + RETAIN)
+        expect(after).toStrictEqual({ ...op, cancelRequested: true })
+        expect(await store.get(op.id)).toStrictEqual(after)
+        // Asking twice is harmless.
+        expect(await store.cancel(op.id, T0 + 6, T0 + RETAIN)).toStrictEqual(after)
+        const settled = await store.settle(
+          leaseOf(op),
+          { state: 'canceled', error: boom, expiresAt: T0 + RETAIN },
+          T0 + 10,
+        )
+        expect(settled).toMatchObject({ state: 'canceled', cancelRequested: true })
+      })
+
+      it('leaves a non-cancelable operation as it is, queued or running', async () => {
+        const queued = await store.insert(newOp({ cancelable: false }))
+        expect(await store.cancel(queued.id, T0, T0 + RETAIN)).toStrictEqual(queued)
+        expect(await store.get(queued.id)).toStrictEqual(queued)
+        const run = await running({ cancelable: false, name: 'other' })
+        expect(await store.cancel(run.id, T0, T0 + RETAIN)).toStrictEqual(run)
+        expect(await store.get(run.id)).toStrictEqual(run)
+        expect((await store.heartbeat(leaseOf(run), LEASE, T0 + 1)).cancelRequested).toBe(false)
+      })
+
+      it.each(['succeeded', 'failed', 'canceled'] as const)('leaves a %s operation as it is', async (state) => {
+        const op = await finished(state)
+        expect(await store.cancel(op.id, T0 + 99, T0 + 2 * RETAIN)).toStrictEqual(op)
+        expect(await store.get(op.id)).toStrictEqual(op)
+      })
+
+      it('answers undefined for an unknown id', async () => {
+        expect(await store.cancel('nope', T0, T0 + RETAIN)).toBeUndefined()
+      })
+    })
+
+    describe('requeue', () => {
+      it('queues a failed operation again with a fresh budget, clearing its outcome', async () => {
+        const op = await running({ maxAttempts: 2 })
+        await store.progress(leaseOf(op), { percent: 70, step: 'half' })
+        await store.settle(leaseOf(op), { state: 'failed', error: boom, expiresAt: T0 + RETAIN }, T0 + 10)
+
+        const queued = await store.requeue(op.id, 3, T0 + 20)
+        expect(queued).toMatchObject({
+          id: op.id,
+          state: 'queued',
+          attempt: 1,
+          maxAttempts: 4,
+          runAt: T0 + 20,
+          cancelRequested: false,
+          progress: { percent: 0 },
+        })
+        for (const key of ['result', 'error', 'completedAt', 'expiresAt', 'worker', 'leaseExpiresAt'] as const) {
+          expect(queued![key], key).toBeUndefined()
+        }
+        expect(await store.get(op.id)).toStrictEqual(queued)
+        expect(await store.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0 + 19)).toEqual([])
+        const [again] = await store.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0 + 20)
+        expect(again).toMatchObject({ id: op.id, attempt: 2, maxAttempts: 4 })
+      })
+
+      it('queues a canceled operation again, clearing its cancel request', async () => {
+        const op = await store.insert(newOp())
+        await store.cancel(op.id, T0, T0 + RETAIN)
+        const queued = await store.requeue(op.id, 1, T0 + 1)
+        expect(queued).toMatchObject({ state: 'queued', cancelRequested: false, attempt: 0, maxAttempts: 1 })
+        expect(queued!.error).toBeUndefined()
+        const [claimed] = await store.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0 + 1)
+        expect(claimed).toMatchObject({ id: op.id, attempt: 1, cancelRequested: false })
+      })
+
+      it('refuses queued, running, succeeded and unknown operations', async () => {
+        const queued = await store.insert(newOp())
+        const run = await running({ name: 'other' })
+        const done = await finished('succeeded')
+        for (const op of [queued, run, done]) {
+          const before = await store.get(op.id)
+          expect(await store.requeue(op.id, 1, T0 + 5), op.state).toBeUndefined()
+          expect(await store.get(op.id)).toStrictEqual(before)
+        }
+        expect(await store.requeue('nope', 1, T0)).toBeUndefined()
+      })
+    })
+
+    describe('delete', () => {
+      it.each(['succeeded', 'failed', 'canceled'] as const)('removes a %s operation', async (state) => {
+        const op = await finished(state)
+        expect(await store.delete(op.id)).toBe(true)
+        expect(await store.get(op.id)).toBeUndefined()
+        expect(await store.delete(op.id)).toBe(false)
+        expect((await store.list({ limit: 10 })).items).toEqual([])
+      })
+
+      it('keeps queued and running operations, and answers false for unknown ids', async () => {
+        const queued = await store.insert(newOp())
+        const run = await running({ name: 'other' })
+        expect(await store.delete(queued.id)).toBe(false)
+        expect(await store.delete(run.id)).toBe(false)
+        expect(await store.delete('nope')).toBe(false)
+        expect(await store.get(queued.id)).toStrictEqual(queued)
+        expect(await store.get(run.id)).toStrictEqual(run)
+      })
+    })
+
+    describe('history', () => {
+      it('records every attempt and request, oldest first', async () => {
+        const op = await store.insert(newOp({ maxAttempts: 2 }))
+        const claim = async (worker: string, now: number) => {
+          const [claimed] = await store.claim(worker, [{ name: 'work', limit: 1 }], LEASE, now)
+          expect(claimed?.id).toBe(op.id)
+          return claimed!
+        }
+        const a1 = await claim('w1', T0)
+        const a2 = await claim('w2', T0 + LEASE) // w1 died
+        await store.settle(leaseOf(a2), { state: 'queued', error: boom, runAt: T0 + LEASE + 10 }, T0 + LEASE + 5)
+        const a3 = await claim('w3', T0 + LEASE + 10)
+        await store.progress(leaseOf(a3), { percent: 50 })
+        await store.heartbeat(leaseOf(a3), LEASE, T0 + LEASE + 11)
+        await store.release(leaseOf(a3), T0 + LEASE + 12)
+        const a4 = await claim('w1', T0 + LEASE + 13)
+        await store.cancel(op.id, T0 + LEASE + 14, T0 + RETAIN, 'alice')
+        await store.cancel(op.id, T0 + LEASE + 15, T0 + RETAIN, 'bob') // already requested: no new entry
+        const canceled = { ...boom, code: 'canceled' }
+        await store.settle(leaseOf(a4), { state: 'canceled', error: canceled, expiresAt: T0 + RETAIN }, T0 + LEASE + 16)
+        await store.requeue(op.id, 1, T0 + LEASE + 17, null)
+        const a5 = await claim('w2', T0 + LEASE + 18)
+        await store.settle(leaseOf(a5), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN }, T0 + LEASE + 19)
+        expect(a1.attempt).toBe(1)
+
+        const expected: HistoryEntry[] = [
+          { at: T0, event: 'started', attempt: 1, worker: 'w1' },
+          { at: T0 + LEASE, event: 'lease-lost', attempt: 1, worker: 'w1' },
+          { at: T0 + LEASE, event: 'started', attempt: 2, worker: 'w2' },
+          { at: T0 + LEASE + 5, event: 'retry-scheduled', attempt: 2, worker: 'w2', error: boom },
+          { at: T0 + LEASE + 10, event: 'started', attempt: 3, worker: 'w3' },
+          { at: T0 + LEASE + 12, event: 'released', attempt: 3, worker: 'w3' },
+          { at: T0 + LEASE + 13, event: 'started', attempt: 4, worker: 'w1' },
+          { at: T0 + LEASE + 14, event: 'cancel-requested', attempt: 4, actor: 'alice' },
+          { at: T0 + LEASE + 16, event: 'canceled', attempt: 4, worker: 'w1', error: canceled },
+          { at: T0 + LEASE + 17, event: 'retried', attempt: 4, actor: null },
+          { at: T0 + LEASE + 18, event: 'started', attempt: 5, worker: 'w2' },
+          { at: T0 + LEASE + 19, event: 'succeeded', attempt: 5, worker: 'w2' },
+        ]
+        expect(await store.history(op.id)).toStrictEqual(expected)
+      })
+
+      it('records a queued cancel with its actor and error', async () => {
+        const op = await store.insert(newOp())
+        await store.cancel(op.id, T0 + 3, T0 + RETAIN, 'alice')
+        const [entry, ...rest] = await store.history(op.id)
+        expect(rest).toEqual([])
+        expect(entry).toMatchObject({ at: T0 + 3, event: 'canceled', attempt: 0, actor: 'alice' })
+        expect(entry!.error?.code).toBe('canceled')
+        expect(entry!.worker).toBeUndefined()
+      })
+
+      it('records nothing for writes that change nothing', async () => {
+        const stale = await running({ cancelable: false })
+        const [fresh] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE)
+        const before = await store.history(stale.id)
+        expect(before.map((e) => e.event)).toEqual(['started', 'lease-lost', 'started'])
+        await store.settle(leaseOf(stale), { state: 'succeeded', result: 1, expiresAt: T0 }, T0 + LEASE + 1)
+        await store.settle(leaseOf(stale), { state: 'queued', error: boom, runAt: T0 }, T0 + LEASE + 1)
+        await store.release(leaseOf(stale), T0 + LEASE + 1)
+        await store.cancel(stale.id, T0 + LEASE + 1, T0 + RETAIN, 'alice') // not cancelable
+        await store.requeue(stale.id, 1, T0 + LEASE + 1, 'alice') // not failed
+        expect(await store.history(stale.id)).toStrictEqual(before)
+        expect(fresh?.attempt).toBe(2)
+      })
+
+      it('answers an empty history for a new or unknown operation', async () => {
+        const op = await store.insert(newOp())
+        expect(await store.history(op.id)).toEqual([])
+        expect(await store.history('nope')).toEqual([])
+      })
+
+      it('forgets the history of deleted and purged operations', async () => {
+        const deleted = await finished('succeeded')
+        const purged = await finished('failed', T0 + 5)
+        const kept = await finished('canceled', T0 + RETAIN)
+        expect(await store.delete(deleted.id)).toBe(true)
+        expect(await store.purge(T0 + 5, 10)).toBe(1)
+        expect(await store.history(deleted.id)).toEqual([])
+        expect(await store.history(purged.id)).toEqual([])
+        expect((await store.history(kept.id)).map((e) => e.event)).toEqual(['started', 'canceled'])
+        // An id used again starts a history of its own.
+        await store.insert(newOp({ id: deleted.id }))
+        expect(await store.history(deleted.id)).toEqual([])
+      })
+    })
+
+    describe('insertIdempotent', () => {
+      const key = (overrides: Partial<IdempotencyKey> = {}): IdempotencyKey => ({
+        scope: 'alice\u0000work',
+        key: 'key-1',
+        fingerprint: 'fp-1',
+        expiresAt: T0 + 1_000,
+        ...overrides,
+      })
+
+      it('inserts on first use and replays the same operation for the same request', async () => {
+        const first = await store.insertIdempotent(newOp(), key(), T0)
+        expect(first.kind).toBe('inserted')
+        const op = (first as { op: Operation }).op
+        expect(await store.get(op.id)).toStrictEqual(op)
+
+        const second = newOp()
+        const again = await store.insertIdempotent(second, key(), T0 + 999)
+        expect(again).toStrictEqual({ kind: 'replayed', op })
+        expect(await store.get(second.id)).toBeUndefined()
+        expect((await store.list({ limit: 10 })).items).toHaveLength(1)
+      })
+
+      it('replays the operation as it is now', async () => {
+        const first = await store.insertIdempotent(newOp(), key(), T0)
+        const op = (first as { op: Operation }).op
+        await store.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0 + 1)
+        const again = await store.insertIdempotent(newOp(), key(), T0 + 2)
+        expect(again.kind).toBe('replayed')
+        expect((again as { op: Operation }).op).toStrictEqual(await store.get(op.id))
+        expect((again as { op: Operation }).op.state).toBe('running')
+      })
+
+      it('refuses the same key for a different request', async () => {
+        await store.insertIdempotent(newOp(), key(), T0)
+        const other = newOp()
+        expect(await store.insertIdempotent(other, key({ fingerprint: 'fp-2' }), T0 + 1)).toStrictEqual({
+          kind: 'mismatch',
+        })
+        expect(await store.get(other.id)).toBeUndefined()
+        // The key still belongs to the first request.
+        expect((await store.insertIdempotent(newOp(), key(), T0 + 2)).kind).toBe('replayed')
+      })
+
+      it('keeps keys apart by scope', async () => {
+        const a = await store.insertIdempotent(newOp(), key({ scope: 'alice\u0000work' }), T0)
+        const b = await store.insertIdempotent(newOp(), key({ scope: 'bob\u0000work', fingerprint: 'fp-9' }), T0)
+        expect([a.kind, b.kind]).toEqual(['inserted', 'inserted'])
+        expect((a as { op: Operation }).op.id).not.toBe((b as { op: Operation }).op.id)
+      })
+
+      it('uses a key afresh once it expired', async () => {
+        const first = await store.insertIdempotent(newOp(), key({ expiresAt: T0 + 100 }), T0)
+        const later = await store.insertIdempotent(newOp(), key({ expiresAt: T0 + 500, fingerprint: 'fp-2' }), T0 + 100)
+        expect(later.kind).toBe('inserted')
+        const newer = (later as { op: Operation }).op
+        expect(newer.id).not.toBe((first as { op: Operation }).op.id)
+        expect(await store.insertIdempotent(newOp(), key({ fingerprint: 'fp-2' }), T0 + 499)).toStrictEqual({
+          kind: 'replayed',
+          op: newer,
+        })
+      })
+
+      it('uses a key afresh once its operation was deleted', async () => {
+        const first = await store.insertIdempotent(newOp({ name: 'done' }), key(), T0)
+        const [claimed] = await store.claim('w1', [{ name: 'done', limit: 1 }], LEASE, T0)
+        await store.settle(leaseOf(claimed!), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN }, T0)
+        expect(await store.delete((first as { op: Operation }).op.id)).toBe(true)
+        const again = await store.insertIdempotent(newOp(), key(), T0 + 1)
+        expect(again.kind).toBe('inserted')
+        expect((await store.insertIdempotent(newOp(), key(), T0 + 2)).kind).toBe('replayed')
+      })
+
+      it('makes one operation for many concurrent uses of one key', async () => {
+        const results = await Promise.all(
+          Array.from({ length: 25 }, (_, i) => store.insertIdempotent(newOp(), key(), T0 + i)),
+        )
+        const inserted = results.filter((r) => r.kind === 'inserted')
+        expect(inserted).toHaveLength(1)
+        const { id } = (inserted[0] as { op: Operation }).op
+        expect(results.every((r) => r.kind !== 'mismatch' && r.op.id === id)).toBe(true)
+        expect((await store.list({ limit: 100 })).items.map((op) => op.id)).toEqual([id])
+      })
+
+      it('rejects a duplicate id without taking the key', async () => {
+        await store.insert(newOp({ id: 'taken' }))
+        const err = await rejection(store.insertIdempotent(newOp({ id: 'taken' }), key(), T0))
+        expect((err as LongrunError).code).toBe('duplicate-operation-id')
+        expect((await store.insertIdempotent(newOp(), key(), T0 + 1)).kind).toBe('inserted')
+      })
+    })
+
+    describe('purge', () => {
+      it('removes only finished operations whose expiresAt has passed', async () => {
+        const early = await finished('succeeded', T0 + 1_000)
+        const due = await finished('failed', T0 + 2_000)
+        const late = await finished('canceled', T0 + 3_000)
+        const queued = await store.insert(newOp())
+        const run = await running({ name: 'other' })
+        const retry = await running({ name: 'retry', maxAttempts: 2 })
+        await store.settle(leaseOf(retry), { state: 'queued', error: boom, runAt: T0 }, T0)
+
+        expect(await store.purge(T0 + 2_000, 100)).toBe(2)
+        expect(await store.get(early.id)).toBeUndefined()
+        expect(await store.get(due.id)).toBeUndefined()
+        for (const op of [late, queued, run, retry]) expect(await store.get(op.id), op.id).toBeDefined()
+        expect(await store.purge(T0 + 2_999, 100)).toBe(0)
+        expect(await store.purge(T0 + 1e12, 100)).toBe(1)
+        expect(await store.get(late.id)).toBeUndefined()
+        expect(ids((await store.list({ limit: 10 })).items).sort()).toEqual([queued.id, run.id, retry.id].sort())
+      })
+
+      it('removes at most limit operations per call', async () => {
+        for (let i = 0; i < 5; i++) await finished('succeeded', T0)
+        expect(await store.purge(T0, 2)).toBe(2)
+        expect(await store.purge(T0, 2)).toBe(2)
+        expect(await store.purge(T0, 2)).toBe(1)
+        expect(await store.purge(T0, 2)).toBe(0)
+        expect((await store.list({ limit: 10 })).items).toEqual([])
+      })
+    })
+  })
+}
