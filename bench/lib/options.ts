@@ -1,0 +1,121 @@
+import { parseArgs } from 'node:util'
+
+export const SCENARIOS = ['submit', 'bullmq', 'e2e', 'latency', 'status', 'scale'] as const
+export type Scenario = (typeof SCENARIOS)[number]
+
+export interface BenchOptions {
+  quick: boolean
+  /** Seconds of measured load per HTTP run. */
+  duration: number
+  /** Seconds of unmeasured load right after each server starts (JIT warm-up). */
+  warmup: number
+  runs: number
+  connections: number
+  /** Worker concurrency of every engine and BullMQ worker. */
+  concurrency: number
+  /** Operations in the end-to-end scenario. */
+  jobs: number
+  /** Sequential operations per latency run. */
+  latencyOps: number
+  /** Longest measured part of one latency run, in seconds. */
+  latencyBudget: number
+  /** Operations stored in the SQLite file of the scale scenario. */
+  prefill: number
+  /** Longest wait for accepted jobs to finish after a load run, in seconds. */
+  drainTimeout: number
+  scenarios: Set<Scenario>
+  redisUrl: string
+  /** Results are written to `<outDir>/<name>.md` and `.json`. */
+  name: string
+}
+
+const HELP = `Usage: npm run bench -- [options]          (environment variable, default)
+
+  --quick               smoke run: 2 s per HTTP run, 1 run, 5,000 end-to-end jobs, 200 latency ops;
+                        writes bench/results/quick.{md,json}
+  --duration <s>        measured load per HTTP run               (BENCH_DURATION, 10)
+  --warmup <s>          unmeasured load after each server start  (BENCH_WARMUP, 1)
+  --runs <n>            runs per variant; tables show the median (BENCH_RUNS, 3)
+  --connections <n>     autocannon connections                   (BENCH_CONNECTIONS, 50)
+  --concurrency <n>     worker concurrency, longrun and BullMQ   (BENCH_CONCURRENCY, 50)
+  --jobs <n>            operations in the end-to-end scenario    (BENCH_JOBS, 20000)
+  --latency-ops <n>     sequential operations per latency run    (BENCH_LATENCY_OPS, 1000)
+  --latency-budget <s>  longest measured part of a latency run   (BENCH_LATENCY_BUDGET, 10)
+  --prefill <n>         operations stored for the scale scenario (BENCH_PREFILL, 1000000)
+  --drain-timeout <s>   longest wait for accepted jobs to finish (BENCH_DRAIN_TIMEOUT, 60)
+  --only <list>         comma-separated subset of               (BENCH_ONLY, all)
+                        ${SCENARIOS.join(', ')}
+  --skip-scale          leave out the scale scenario (no prefill) (BENCH_SKIP_SCALE=1)
+  --name <name>         results file name in bench/results/      (latest; quick with --quick)
+  --redis <url>         Redis for the BullMQ baselines           (REDIS_URL, redis://127.0.0.1:6379)
+  --help
+`
+
+export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      duration: { type: 'string' },
+      warmup: { type: 'string' },
+      runs: { type: 'string' },
+      connections: { type: 'string' },
+      concurrency: { type: 'string' },
+      jobs: { type: 'string' },
+      'latency-ops': { type: 'string' },
+      'latency-budget': { type: 'string' },
+      prefill: { type: 'string' },
+      'drain-timeout': { type: 'string' },
+      only: { type: 'string' },
+      'skip-scale': { type: 'boolean', default: false },
+      name: { type: 'string' },
+      redis: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  })
+  if (values.help) {
+    process.stdout.write(HELP)
+    process.exit(0)
+  }
+  const quick = values.quick === true
+  const num = (flag: string | undefined, envName: string, fallback: number, min = 0): number => {
+    const text = flag ?? env[envName]
+    if (text === undefined || text === '') return fallback
+    const value = Number(text)
+    if (!Number.isFinite(value) || value < min) throw new Error(`${envName} / --${envName} must be a number >= ${min}`)
+    return value
+  }
+  const int = (flag: string | undefined, envName: string, fallback: number, min = 1) =>
+    Math.round(num(flag, envName, fallback, min))
+
+  const only = values.only ?? env.BENCH_ONLY
+  const scenarios = new Set<Scenario>(SCENARIOS)
+  if (only) {
+    scenarios.clear()
+    for (const part of only.split(',').map((s) => s.trim())) {
+      if (!(SCENARIOS as readonly string[]).includes(part)) {
+        throw new Error(`--only: unknown scenario '${part}' (known: ${SCENARIOS.join(', ')})`)
+      }
+      scenarios.add(part as Scenario)
+    }
+  }
+  if (values['skip-scale'] || env.BENCH_SKIP_SCALE === '1') scenarios.delete('scale')
+
+  return {
+    quick,
+    duration: num(values.duration, 'BENCH_DURATION', quick ? 2 : 10, 0.5),
+    warmup: num(values.warmup, 'BENCH_WARMUP', quick ? 0.5 : 1, 0),
+    runs: int(values.runs, 'BENCH_RUNS', quick ? 1 : 3),
+    connections: int(values.connections, 'BENCH_CONNECTIONS', 50),
+    concurrency: int(values.concurrency, 'BENCH_CONCURRENCY', 50),
+    jobs: int(values.jobs, 'BENCH_JOBS', quick ? 5_000 : 20_000),
+    latencyOps: int(values['latency-ops'], 'BENCH_LATENCY_OPS', quick ? 200 : 1_000),
+    latencyBudget: num(values['latency-budget'], 'BENCH_LATENCY_BUDGET', 10, 1),
+    prefill: int(values.prefill, 'BENCH_PREFILL', 1_000_000),
+    drainTimeout: num(values['drain-timeout'], 'BENCH_DRAIN_TIMEOUT', 60, 1),
+    scenarios,
+    redisUrl: values.redis ?? env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    name: values.name ?? (quick ? 'quick' : 'latest'),
+  }
+}

@@ -1,0 +1,658 @@
+// `npm run bench`: starts each server in its own process, loads it with autocannon from this
+// process, runs the job scripts, and writes bench/results/<name>.md and .json. See bench/README.md.
+import { execFileSync } from 'node:child_process'
+import { cpus, totalmem } from 'node:os'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { setTimeout as sleep } from 'node:timers/promises'
+import autocannon from 'autocannon'
+import { parseOptions, SCENARIOS, type BenchOptions, type Scenario } from './lib/options.js'
+import { copyPrefill, ensurePrefill } from './lib/prefill.js'
+import { ROOT, runJob, startServer, type RunningServer } from './lib/proc.js'
+import { checkRedis, flushQueue } from './lib/redis.js'
+import { evaluate, markdownTable, targetsTable, type Row, type Sample } from './lib/report.js'
+
+const BENCH = join(ROOT, 'bench')
+const CACHE = join(BENCH, '.cache')
+const SCRATCH = join(CACHE, 'runs')
+const RESULTS = join(BENCH, 'results')
+const MiB = 1_048_576
+
+const log = (line: string) => process.stdout.write(`${line}\n`)
+const f0 = (v: number) => Math.round(v).toLocaleString('en-US')
+const f2 = (v: number) => v.toFixed(2)
+
+interface Request {
+  method: 'GET' | 'POST'
+  path: string
+  body?: string
+}
+
+const SUBMIT: Request = { method: 'POST', path: '/jobs', body: '{}' }
+
+class Bench {
+  readonly samples: Record<string, Sample[]> = {}
+  readonly errors: string[] = []
+  /** Facts worth a line under the table (not failures). */
+  readonly notes: string[] = []
+  run = 0
+  readonly t0 = performance.now()
+  #seq = 0
+
+  constructor(readonly opts: BenchOptions) {}
+
+  record(key: string, sample: Sample): void {
+    ;(this.samples[key] ??= []).push(sample)
+  }
+
+  elapsed(): string {
+    return `${((performance.now() - this.t0) / 1000).toFixed(0)}s`
+  }
+
+  /** A fresh SQLite path for one run; removed (with -wal and -shm) by `dropDb`. */
+  dbPath(key: string): string {
+    return join(SCRATCH, `${key}-${this.run}-${++this.#seq}.db`)
+  }
+
+  dropDb(path: string): void {
+    for (const suffix of ['', '-wal', '-shm']) rmSync(path + suffix, { force: true })
+  }
+
+  async attempt(label: string, body: () => Promise<void>): Promise<void> {
+    try {
+      await body()
+    } catch (err) {
+      const message = `${label} (run ${this.run}): ${(err as Error).message}`
+      this.errors.push(message)
+      log(`  FAILED ${message}`)
+    }
+  }
+
+  async load(url: string, request: Request, seconds: number): Promise<autocannon.Result> {
+    return autocannon({
+      url,
+      method: request.method,
+      connections: this.opts.connections,
+      duration: seconds,
+      ...(request.body !== undefined ? { body: request.body, headers: { 'content-type': 'application/json' } } : {}),
+    })
+  }
+
+  /**
+   * One HTTP run: start the server, warm it up, measure for `duration`, optionally wait until every
+   * accepted job is done, stop the server.
+   */
+  async http(
+    key: string,
+    label: string,
+    server: { name: string; env?: Record<string, string> },
+    request: Request,
+    options: { drain?: boolean; prepare?: (srv: RunningServer) => Promise<string> } = {},
+  ): Promise<void> {
+    await this.attempt(label, async () => {
+      const srv = await startServer(server.name, server.env)
+      try {
+        const path = options.prepare ? await options.prepare(srv) : request.path
+        const idle = await srv.state()
+        if (this.opts.warmup > 0) await this.load(srv.url + path, request, this.opts.warmup)
+        const r = await this.load(srv.url + path, request, this.opts.duration)
+        const loadedAt = performance.now()
+        const after = await srv.state()
+        if (r['2xx'] === 0) throw new Error(`no 2xx answers (non2xx ${r.non2xx}, errors ${r.errors})`)
+        const sample: Sample = {
+          rps: r['2xx'] / r.duration,
+          p50Ms: r.latency.p50,
+          p99Ms: r.latency.p99,
+          requests2xx: r['2xx'],
+          non2xx: r.non2xx,
+          errors: r.errors,
+          rssIdleMiB: idle.rss / MiB,
+          rssMiB: after.rss / MiB,
+          accepted: after.accepted,
+          doneAtEnd: after.done,
+        }
+        let drainNote = ''
+        if (options.drain) {
+          const deadline = loadedAt + this.opts.drainTimeout * 1000
+          let state = after
+          while (state.done < state.accepted && performance.now() < deadline) {
+            await sleep(50)
+            state = await srv.state()
+          }
+          sample.drainSeconds = (performance.now() - loadedAt) / 1000
+          sample.drained = state.done >= state.accepted ? 1 : 0
+          sample.doneTotal = state.done
+          if (!sample.drained) {
+            this.notes.push(
+              `${label}, run ${this.run}: ${f0(state.accepted - state.done)} of ${f0(state.accepted)} accepted jobs ` +
+                `were still not done ${this.opts.drainTimeout} s after the load (--drain-timeout); the figure is a lower bound.`,
+            )
+          }
+          drainNote = `, all ${f0(state.accepted)} done ${sample.drained ? 'after' : 'NOT done after'} ${f2(sample.drainSeconds)} s`
+        }
+        log(
+          `  ${label}: ${f0(sample.rps!)} req/s, p50 ${sample.p50Ms} ms, p99 ${sample.p99Ms} ms, ` +
+            `non-2xx ${r.non2xx}, errors ${r.errors}, RSS ${f0(sample.rssMiB!)} MiB${drainNote}  [${this.elapsed()}]`,
+        )
+        this.record(key, sample)
+      } finally {
+        await srv.stop()
+      }
+    })
+  }
+
+  async job(key: string, label: string, name: string, env: Record<string, string>, describe: (s: Sample) => string) {
+    await this.attempt(label, async () => {
+      const raw = await runJob<Record<string, unknown>>(
+        name,
+        { BENCH_CONCURRENCY: String(this.opts.concurrency), ...env },
+        600_000,
+      )
+      const sample = flatten(raw)
+      log(`  ${label}: ${describe(sample)}  [${this.elapsed()}]`)
+      this.record(key, sample)
+    })
+  }
+}
+
+/** `{ toStartMs: { p50: 1 } }` → `{ toStartMs_p50: 1 }`. */
+function flatten(value: Record<string, unknown>, prefix = ''): Sample {
+  const out: Sample = {}
+  for (const [k, v] of Object.entries(value)) {
+    const name = prefix ? `${prefix}_${k}` : k
+    if (typeof v === 'number') out[name] = v
+    else if (v && typeof v === 'object') Object.assign(out, flatten(v as Record<string, unknown>, name))
+  }
+  return out
+}
+
+async function main(): Promise<number> {
+  let opts: BenchOptions
+  try {
+    opts = parseOptions(process.argv.slice(2), process.env)
+  } catch (err) {
+    process.stderr.write(`bench: ${(err as Error).message} (see --help)\n`)
+    return 2
+  }
+  const has = (s: string) => opts.scenarios.has(s as never)
+  const bench = new Bench(opts)
+  const needsRedis = has('bullmq') || has('e2e') || has('latency')
+  log(
+    `longrun bench: scenarios ${[...opts.scenarios].join(', ')}; ${opts.runs} run(s), ${opts.duration} s per HTTP run ` +
+      `(+${opts.warmup} s warm-up), ${opts.connections} connections, concurrency ${opts.concurrency}`,
+  )
+  let redisVersion: string | undefined
+  if (needsRedis) {
+    try {
+      redisVersion = await checkRedis(opts.redisUrl)
+    } catch (err) {
+      process.stderr.write(`bench: ${(err as Error).message}\n`)
+      return 2
+    }
+  }
+  rmSync(SCRATCH, { recursive: true, force: true })
+  mkdirSync(SCRATCH, { recursive: true })
+  mkdirSync(RESULTS, { recursive: true })
+
+  let prefilled: string | undefined
+  if (has('scale')) prefilled = await ensurePrefill(CACHE, opts.prefill, log)
+
+  const sqlite = (path: string) => ({
+    name: 'longrun',
+    env: { BENCH_STORE: `sqlite:${path}`, BENCH_CONCURRENCY: String(opts.concurrency) },
+  })
+  const memory = { name: 'longrun', env: { BENCH_STORE: 'memory', BENCH_CONCURRENCY: String(opts.concurrency) } }
+  const bullmq = { name: 'bullmq', env: { REDIS_URL: opts.redisUrl, BENCH_CONCURRENCY: String(opts.concurrency) } }
+  const withBullmq = async (body: () => Promise<void>) => {
+    await flushQueue(opts.redisUrl)
+    try {
+      await body()
+    } finally {
+      await flushQueue(opts.redisUrl)
+    }
+  }
+
+  // 1, 2, 6: submit throughput. Variants alternate within each run so that drift on a shared
+  // machine touches them alike.
+  if (has('submit') || has('bullmq') || has('scale')) {
+    log('\n== Submit throughput (POST -> 202) ==')
+    for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
+      log(`run ${bench.run}/${opts.runs}`)
+      if (has('submit')) await bench.http('submit.raw', 'raw Fastify', { name: 'raw-fastify' }, SUBMIT)
+      const db = bench.dbPath('submit-sqlite')
+      await bench.http('submit.sqlite', 'longrun SQLite (FULL)', sqlite(db), SUBMIT, { drain: true })
+      bench.dropDb(db)
+      if (has('submit')) await bench.http('submit.memory', 'longrun memory', memory, SUBMIT, { drain: true })
+      if (has('bullmq')) {
+        await withBullmq(() => bench.http('submit.bullmq', 'Fastify + BullMQ', bullmq, SUBMIT, { drain: true }))
+      }
+      if (has('scale') && prefilled) {
+        const copy = bench.dbPath('scale-prefilled')
+        const t = performance.now()
+        copyPrefill(prefilled, copy)
+        log(`  (copied and synced the prefilled file in ${((performance.now() - t) / 1000).toFixed(1)} s)`)
+        await bench.http('scale.prefilled', `longrun SQLite, ${f0(opts.prefill)} stored`, sqlite(copy), SUBMIT)
+        bench.dropDb(copy)
+      }
+    }
+    // RSS growth per run: the prefilled server minus the empty one of the same run.
+    const empty = bench.samples['submit.sqlite'] ?? []
+    for (const [i, s] of (bench.samples['scale.prefilled'] ?? []).entries()) {
+      const base = empty[i]
+      if (base) bench.record('scale.growth', { rssGrowthMiB: s.rssMiB! - base.rssMiB! })
+    }
+  }
+
+  // 5: status reads of one existing (succeeded) operation.
+  if (has('status')) {
+    log('\n== Status reads (GET /operations/{id}) ==')
+    const succeededOne = async (srv: RunningServer): Promise<string> => {
+      const res = await fetch(`${srv.url}/jobs`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{}',
+      })
+      const { id } = (await res.json()) as { id: string }
+      for (let i = 0; i < 200; i++) {
+        const op = (await (await fetch(`${srv.url}/operations/${id}`)).json()) as { state: string }
+        if (op.state === 'succeeded') return `/operations/${id}`
+        await sleep(25)
+      }
+      throw new Error('the operation to read did not succeed within 5 s')
+    }
+    for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
+      log(`run ${bench.run}/${opts.runs}`)
+      await bench.http(
+        'status.raw',
+        'raw Fastify',
+        { name: 'raw-fastify' },
+        { method: 'GET', path: '/operations/0190a4c2-7b1e-7c3a-9d2e-4f5a6b7c8d9e' },
+      )
+      const db = bench.dbPath('status-sqlite')
+      await bench.http(
+        'status.sqlite',
+        'longrun SQLite',
+        sqlite(db),
+        { method: 'GET', path: '' },
+        { prepare: succeededOne },
+      )
+      bench.dropDb(db)
+    }
+  }
+
+  // 3: end to end.
+  if (has('e2e')) {
+    log(`\n== End to end: ${f0(opts.jobs)} no-op jobs, concurrency ${opts.concurrency} ==`)
+    const jobs = String(opts.jobs)
+    const describe = (s: Sample) =>
+      `${f0(s.jobsPerSec!)} jobs/s (${f2(s.seconds!)} s; all submitted after ${f2(s.submitSeconds!)} s; ${f0(s.succeeded!)} succeeded)`
+    for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
+      log(`run ${bench.run}/${opts.runs}`)
+      const db = bench.dbPath('e2e-sqlite')
+      await bench.job(
+        'e2e.sqlite',
+        'longrun SQLite (FULL)',
+        'longrun-e2e',
+        { BENCH_STORE: `sqlite:${db}`, BENCH_JOBS: jobs },
+        describe,
+      )
+      bench.dropDb(db)
+      await withBullmq(() =>
+        bench.job('e2e.bullmq', 'BullMQ', 'bullmq-e2e', { REDIS_URL: opts.redisUrl, BENCH_JOBS: jobs }, describe),
+      )
+      await bench.job(
+        'e2e.memory',
+        'longrun memory',
+        'longrun-e2e',
+        { BENCH_STORE: 'memory', BENCH_JOBS: jobs },
+        describe,
+      )
+    }
+  }
+
+  // 4: latency of sequential operations.
+  if (has('latency')) {
+    log(`\n== Latency: ${f0(opts.latencyOps)} sequential operations ==`)
+    const latencyEnv = {
+      BENCH_OPS: String(opts.latencyOps),
+      BENCH_LATENCY_BUDGET_MS: String(Math.round(opts.latencyBudget * 1000)),
+    }
+    const describe = (s: Sample) =>
+      `to start p50 ${f2(s.toStartMs_p50!)} / p99 ${f2(s.toStartMs_p99!)} ms; ` +
+      `to done p50 ${f2(s.toDoneMs_p50!)} / p99 ${f2(s.toDoneMs_p99!)} ms; submit ack p50 ${f2(s.submitAckMs_p50!)} ms; ` +
+      `${f0(s.ops!)} ops measured${s.truncated ? ` (stopped at the ${opts.latencyBudget} s budget)` : ''}`
+    for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
+      log(`run ${bench.run}/${opts.runs}`)
+      const db = bench.dbPath('latency-sqlite')
+      await bench.job(
+        'latency.sqlite',
+        'longrun SQLite (FULL)',
+        'longrun-latency',
+        { BENCH_STORE: `sqlite:${db}`, ...latencyEnv },
+        describe,
+      )
+      bench.dropDb(db)
+      await withBullmq(() =>
+        bench.job('latency.bullmq', 'BullMQ', 'bullmq-latency', { REDIS_URL: opts.redisUrl, ...latencyEnv }, describe),
+      )
+      await bench.job(
+        'latency.memory',
+        'longrun memory',
+        'longrun-latency',
+        { BENCH_STORE: 'memory', ...latencyEnv },
+        describe,
+      )
+    }
+  }
+
+  rmSync(SCRATCH, { recursive: true, force: true })
+  write(opts, bench, redisVersion)
+  if (bench.errors.length > 0) {
+    process.stderr.write(
+      `\nbench: ${bench.errors.length} problem(s):\n${bench.errors.map((e) => `  - ${e}`).join('\n')}\n`,
+    )
+    return 1
+  }
+  return 0
+}
+
+function rows(opts: BenchOptions): Row[] {
+  const S1 = '1. Submit throughput'
+  const S2 = "2. Today's alternative"
+  const S3 = `3. End to end (${f0(opts.jobs)} jobs)`
+  const S4 = `4. Latency (${f0(opts.latencyOps)} sequential)`
+  const S5 = '5. Status reads'
+  const S6 = `6. Scale (${f0(opts.prefill)} stored)`
+  const SQLITE = 'longrun SQLite (durable, FULL)'
+  const PREFILLED = `longrun SQLite, ${f0(opts.prefill)} stored`
+  const rps = { metric: 'rps', label: 'req/s', decimals: 0 }
+  const accepted = { metric: 'rps', label: 'accepted req/s', decimals: 0 }
+  const p99 = { metric: 'p99Ms', label: 'p99 ms', decimals: 1 }
+  const rss = { metric: 'rssMiB', label: 'RSS after load, MiB', decimals: 0 }
+  const drain = { metric: 'drainSeconds', label: 'all accepted done, s after load', decimals: 2 }
+  const jps = { metric: 'jobsPerSec', label: 'jobs/s', decimals: 0 }
+  const ms = (metric: string, label: string) => ({ metric, label, decimals: 2 })
+  const ops = { metric: 'ops', label: 'operations measured', decimals: 0 }
+  const LATENCY = [
+    ['toStartMs_p50', 'to handler start p50, ms'],
+    ['toStartMs_p99', 'to handler start p99, ms'],
+    ['toDoneMs_p50', 'to succeeded p50, ms'],
+    ['toDoneMs_p99', 'to succeeded p99, ms'],
+    ['submitAckMs_p50', 'call acknowledged p50, ms'],
+  ] as const
+  const parts: Record<Scenario, Row[]> = {
+    submit: [
+      { scenario: S1, variant: 'raw Fastify (ceiling)', key: 'submit.raw', ...rps, isBaseline: true },
+      { scenario: S1, variant: 'raw Fastify (ceiling)', key: 'submit.raw', ...p99 },
+      { scenario: S1, variant: 'raw Fastify (ceiling)', key: 'submit.raw', ...rss },
+      {
+        scenario: S1,
+        variant: SQLITE,
+        key: 'submit.sqlite',
+        ...rps,
+        baseline: 'submit.raw',
+        target: {
+          name: 'Submit on SQLite (durable) vs the raw Fastify ceiling',
+          text: '>= 0.6x raw Fastify',
+          op: '>=',
+          value: 0.6,
+          on: 'ratio',
+        },
+      },
+      { scenario: S1, variant: SQLITE, key: 'submit.sqlite', ...p99 },
+      { scenario: S1, variant: SQLITE, key: 'submit.sqlite', ...rss },
+      { scenario: S1, variant: 'longrun memory', key: 'submit.memory', ...rps, baseline: 'submit.raw' },
+      { scenario: S1, variant: 'longrun memory', key: 'submit.memory', ...p99 },
+      { scenario: S1, variant: 'longrun memory', key: 'submit.memory', ...rss },
+    ],
+    bullmq: [
+      { scenario: S2, variant: 'Fastify + BullMQ', key: 'submit.bullmq', ...accepted, isBaseline: true },
+      { scenario: S2, variant: 'Fastify + BullMQ', key: 'submit.bullmq', ...p99 },
+      { scenario: S2, variant: 'Fastify + BullMQ', key: 'submit.bullmq', ...drain },
+      {
+        scenario: S2,
+        variant: SQLITE,
+        key: 'submit.sqlite',
+        ...accepted,
+        baseline: 'submit.bullmq',
+        target: {
+          name: 'Submit on SQLite (durable) vs the Fastify + BullMQ endpoint',
+          text: '>= 1.5x Fastify + BullMQ',
+          op: '>=',
+          value: 1.5,
+          on: 'ratio',
+        },
+      },
+      { scenario: S2, variant: SQLITE, key: 'submit.sqlite', ...drain },
+      ...(opts.scenarios.has('submit')
+        ? [{ scenario: S2, variant: 'longrun memory', key: 'submit.memory', ...accepted, baseline: 'submit.bullmq' }]
+        : []),
+      { scenario: S2, variant: 'longrun memory', key: 'submit.memory', ...drain },
+    ],
+    e2e: [
+      { scenario: S3, variant: 'BullMQ', key: 'e2e.bullmq', ...jps, isBaseline: true },
+      {
+        scenario: S3,
+        variant: SQLITE,
+        key: 'e2e.sqlite',
+        ...jps,
+        baseline: 'e2e.bullmq',
+        target: {
+          name: 'End to end, jobs/s, vs BullMQ at equal concurrency',
+          text: '>= 1.0x BullMQ',
+          op: '>=',
+          value: 1,
+          on: 'ratio',
+        },
+      },
+      { scenario: S3, variant: 'longrun memory', key: 'e2e.memory', ...jps, baseline: 'e2e.bullmq' },
+    ],
+    latency: [
+      ...LATENCY.map(([metric, label]) => ({
+        scenario: S4,
+        variant: 'BullMQ (add)',
+        key: 'latency.bullmq',
+        ...ms(metric, label),
+        isBaseline: true,
+      })),
+      { scenario: S4, variant: 'BullMQ (add)', key: 'latency.bullmq', ...ops },
+      ...LATENCY.map(([metric, label]) => ({
+        scenario: S4,
+        variant: `${SQLITE} (submit)`,
+        key: 'latency.sqlite',
+        ...ms(metric, label),
+        baseline: 'latency.bullmq',
+        ...(metric === 'toStartMs_p50'
+          ? {
+              target: {
+                name: "Submit-to-handler-start p50 vs BullMQ's add-to-start p50",
+                text: "<= 1.0x BullMQ's",
+                op: '<=' as const,
+                value: 1,
+                on: 'ratio' as const,
+              },
+            }
+          : {}),
+      })),
+      { scenario: S4, variant: `${SQLITE} (submit)`, key: 'latency.sqlite', ...ops },
+      ...LATENCY.map(([metric, label]) => ({
+        scenario: S4,
+        variant: 'longrun memory (submit)',
+        key: 'latency.memory',
+        ...ms(metric, label),
+        baseline: 'latency.bullmq',
+      })),
+      { scenario: S4, variant: 'longrun memory (submit)', key: 'latency.memory', ...ops },
+    ],
+    status: [
+      { scenario: S5, variant: 'raw Fastify (ceiling)', key: 'status.raw', ...rps, isBaseline: true },
+      { scenario: S5, variant: 'raw Fastify (ceiling)', key: 'status.raw', ...p99 },
+      {
+        scenario: S5,
+        variant: 'longrun SQLite',
+        key: 'status.sqlite',
+        ...rps,
+        baseline: 'status.raw',
+        target: {
+          name: 'Status reads vs the raw Fastify ceiling',
+          text: '>= 0.7x raw Fastify',
+          op: '>=',
+          value: 0.7,
+          on: 'ratio',
+        },
+      },
+      { scenario: S5, variant: 'longrun SQLite', key: 'status.sqlite', ...p99 },
+    ],
+    scale: [
+      { scenario: S6, variant: 'longrun SQLite, empty', key: 'submit.sqlite', ...rps, isBaseline: true },
+      { scenario: S6, variant: 'longrun SQLite, empty', key: 'submit.sqlite', ...rss },
+      {
+        scenario: S6,
+        variant: PREFILLED,
+        key: 'scale.prefilled',
+        ...rps,
+        baseline: 'submit.sqlite',
+        target: {
+          name: `Submit with ${f0(opts.prefill)} stored vs the empty file`,
+          text: '>= 0.9x empty',
+          op: '>=',
+          value: 0.9,
+          on: 'ratio',
+        },
+      },
+      { scenario: S6, variant: PREFILLED, key: 'scale.prefilled', ...p99 },
+      { scenario: S6, variant: PREFILLED, key: 'scale.prefilled', ...rss },
+      {
+        scenario: S6,
+        variant: 'RSS growth, stored vs empty (same run)',
+        key: 'scale.growth',
+        metric: 'rssGrowthMiB',
+        label: 'MiB',
+        decimals: 1,
+        target: {
+          name: `Server RSS growth with ${f0(opts.prefill)} stored`,
+          text: '< 50 MiB',
+          op: '<',
+          value: 50,
+          on: 'median',
+        },
+      },
+    ],
+  }
+  return SCENARIOS.filter((s) => opts.scenarios.has(s)).flatMap((s) => parts[s])
+}
+
+/** Facts about this run that the table alone would hide. */
+function notes(opts: BenchOptions, bench: Bench): string[] {
+  const out: string[] = [...bench.notes]
+  const names: Record<string, string> = {
+    'latency.sqlite': 'longrun SQLite',
+    'latency.memory': 'longrun memory',
+    'latency.bullmq': 'BullMQ',
+  }
+  for (const [key, name] of Object.entries(names)) {
+    const runs = bench.samples[key] ?? []
+    const cut = runs.filter((s) => s.truncated)
+    if (cut.length > 0) {
+      out.push(
+        `Latency, ${name}: ${cut.length} of ${runs.length} run(s) stopped at the ${opts.latencyBudget} s budget ` +
+          `after ${cut.map((s) => f0(s.ops!)).join(', ')} of ${f0(opts.latencyOps)} operations: operations took that long to start.`,
+      )
+    }
+  }
+  for (const [key, runs] of Object.entries(bench.samples)) {
+    const failed = runs.filter((s) => (s.non2xx ?? 0) > 0 || (s.errors ?? 0) > 0)
+    if (failed.length > 0) out.push(`${key}: ${failed.length} run(s) had non-2xx answers or connection errors.`)
+    const notAll = runs.filter((s) => s.succeeded !== undefined && s.jobs !== undefined && s.succeeded < s.jobs)
+    if (notAll.length > 0) out.push(`${key}: ${notAll.length} run(s) where not every job succeeded.`)
+  }
+  return out
+}
+
+/** Which sources were measured: the commit, and whether src/ differed from it. */
+function sourceOf(): string {
+  try {
+    const git = (...args: string[]) => execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: 'pipe' }).trim()
+    const commit = git('rev-parse', '--short', 'HEAD')
+    const dirty = git('status', '--porcelain', '--', 'src').length > 0
+    return dirty ? `${commit} with uncommitted changes in src/` : commit
+  } catch {
+    return process.env.BENCH_SOURCE ?? 'unknown (not a git checkout; set BENCH_SOURCE)'
+  }
+}
+
+function versionOf(pkg: string): string {
+  try {
+    return (JSON.parse(readFileSync(join(ROOT, 'node_modules', pkg, 'package.json'), 'utf8')) as { version: string })
+      .version
+  } catch {
+    return 'unknown'
+  }
+}
+
+function write(opts: BenchOptions, bench: Bench, redisVersion: string | undefined): void {
+  const results = evaluate(rows(opts), bench.samples)
+  const seconds = (performance.now() - bench.t0) / 1000
+  const meta = {
+    date: new Date().toISOString(),
+    mode: opts.quick ? 'quick (smoke run: not for decisions)' : 'default',
+    source: sourceOf(),
+    node: process.version,
+    cpus: `${cpus().length} x ${cpus()[0]?.model ?? 'unknown'}`,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    versions: {
+      fastify: versionOf('fastify'),
+      bullmq: versionOf('bullmq'),
+      autocannon: versionOf('autocannon'),
+      redis: redisVersion ?? 'not used',
+      betterSqlite3: versionOf('better-sqlite3'),
+    },
+    runs: opts.runs,
+    durationSeconds: opts.duration,
+    warmupSeconds: opts.warmup,
+    connections: opts.connections,
+    concurrency: opts.concurrency,
+    jobs: opts.jobs,
+    latencyOps: opts.latencyOps,
+    prefill: opts.prefill,
+    scenarios: [...opts.scenarios],
+    totalSeconds: Math.round(seconds),
+  }
+  const v = meta.versions
+  const md = [
+    '# longrun benchmarks',
+    '',
+    `${meta.date}, ${meta.mode} run of longrun ${meta.source}, ${Math.round(seconds)} s in all. Node ${meta.node}, ${meta.cpus}, ${meta.memoryGiB} GiB; ` +
+      `Fastify ${v.fastify}, BullMQ ${v.bullmq}, Redis ${v.redis}, better-sqlite3 ${v.betterSqlite3}, autocannon ${v.autocannon}.`,
+    '',
+    `Median, min and max of ${opts.runs} run(s); HTTP runs: ${opts.duration} s of load after ${opts.warmup} s of warm-up, ` +
+      `${opts.connections} connections, a fresh server process each. Worker concurrency ${opts.concurrency} everywhere. ` +
+      '"vs baseline" is the ratio of medians to the baseline of the same scenario, measured in the same run. ' +
+      'The load generator, the servers and Redis share the same cores: compare rows, not machines.',
+    '',
+    markdownTable(results),
+    '',
+    '## Targets',
+    '',
+    targetsTable(results),
+    '',
+    ...(notes(opts, bench).length ? ['## Notes', '', ...notes(opts, bench).map((n) => `- ${n}`), ''] : []),
+    ...(bench.errors.length ? ['## Problems', '', ...bench.errors.map((e) => `- ${e.split('\n')[0]}`), ''] : []),
+    'How each figure is measured: [bench/README.md](../README.md). Raw per-run figures: `' + `${opts.name}.json` + '`.',
+    '',
+  ].join('\n')
+  const json = { meta, results, samples: bench.samples, errors: bench.errors }
+  writeFileSync(join(RESULTS, `${opts.name}.md`), md)
+  writeFileSync(join(RESULTS, `${opts.name}.json`), `${JSON.stringify(json, null, 2)}\n`)
+  log(`\n${md}`)
+  log(`wrote bench/results/${opts.name}.md and bench/results/${opts.name}.json`)
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`bench: ${(err as Error).stack ?? String(err)}\n`)
+    process.exit(1)
+  },
+)
