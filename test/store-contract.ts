@@ -348,6 +348,18 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         })
       })
 
+      it('starts every attempt at zero progress, whether after a lease loss or a scheduled retry', async () => {
+        const lost = await running({}, 'w1', T0)
+        expect(await store.progress(leaseOf(lost), { percent: 80, step: 'upload' })).toBe(true)
+        const [takenOver] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE)
+        expect(takenOver).toMatchObject({ id: lost.id, attempt: 2, progress: { percent: 0 } })
+        expect(await store.progress(leaseOf(takenOver!), { percent: 60 })).toBe(true)
+        await store.settle(leaseOf(takenOver!), { state: 'queued', error: boom, runAt: T0 + LEASE }, T0 + LEASE)
+        const [retried] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE + 1)
+        expect(retried).toMatchObject({ id: lost.id, attempt: 3, progress: { percent: 0 } })
+        expect((await store.get(lost.id))!.progress).toEqual({ percent: 0 })
+      })
+
       it('fences off the worker whose lease was taken over: its writes change nothing', async () => {
         const stale = await running({}, 'w1', T0)
         const [fresh] = await store.claim('w2', [{ name: 'work', limit: 5 }], LEASE, T0 + LEASE + 1)

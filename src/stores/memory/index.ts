@@ -131,6 +131,7 @@ class MemoryStore implements Store {
         op.worker = worker
         op.leaseExpiresAt = now + leaseMs
         op.startedAt = now
+        op.progress = { percent: 0 }
         this.#record(op, { at: now, event: 'started', attempt: op.attempt, worker })
         left--
         claimed.push(structuredClone(op))

@@ -791,7 +791,8 @@ function statements(schema: string, leaseClock: 'database' | 'caller') {
       claimed AS (
         UPDATE ${ops} o
         SET state = 'running', attempt = o.attempt + 1, worker = $3,
-          lease_expires_at = (SELECT now FROM clock) + $5::bigint, started_at = $4
+          lease_expires_at = (SELECT now FROM clock) + $5::bigint, started_at = $4,
+          progress = '{"percent":0}'
         FROM picked p WHERE o.seq = p.seq
         RETURNING o.*
       ),

@@ -132,7 +132,8 @@ export class SqliteWrites {
     const take = (where: string, args: object) =>
       this.#sql(
         `UPDATE operations
-         SET state = 'running', attempt = attempt + 1, worker = @worker, lease_expires_at = @leaseUntil, started_at = @now
+         SET state = 'running', attempt = attempt + 1, worker = @worker, lease_expires_at = @leaseUntil, started_at = @now,
+           progress = '{"percent":0}'
          WHERE ${where}
          RETURNING *`,
       ).all({ ...params, ...args }) as Row[]
