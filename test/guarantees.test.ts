@@ -121,6 +121,8 @@ describe.each(KINDS)('retries on the %s store', (kind) => {
   it.each(SCHEDULES)('follows the schedule: $title', async ({ retry, random, ceilings, exact }) => {
     const clock = new FakeClock()
     const engine = makeEngine(kind, { clock: clock.read, ...(random ? { random } : {}) })
+    const retrying: Operation[] = []
+    engine.on('operation:retrying', (op) => retrying.push(op))
     const settled: Operation[] = []
     engine.on('operation:settled', (op) => settled.push(op))
     const starts: { attempt: number; at: number }[] = []
@@ -139,7 +141,7 @@ describe.each(KINDS)('retries on the %s store', (kind) => {
     const dueAt: number[] = [clock.now]
     for (let attempt = 1; attempt < retry.attempts; attempt++) {
       const after = await until(
-        () => settled.find((s) => s.id === op.id && s.attempt === attempt),
+        () => retrying.find((s) => s.id === op.id && s.attempt === attempt),
         10_000,
         `attempt ${attempt} to settle`,
       )
@@ -172,6 +174,10 @@ describe.each(KINDS)('retries on the %s store', (kind) => {
     const last = retry.attempts
     expect(failed).toMatchObject({ attempt: last, error: { code: 'flaky', detail: `attempt ${last} failed` } })
     expect(failed.completedAt).toBe(clock.now)
+    // Only the end is an outcome: the scheduled retries before it were not.
+    await until(() => settled.length > 0)
+    expect(settled.map((s) => [s.state, s.attempt])).toEqual([['failed', last]])
+    expect(retrying).toHaveLength(last - 1)
     // Each attempt started exactly when it became due, and never more than `attempts` of them.
     expect(starts).toEqual(dueAt.map((at, i) => ({ attempt: i + 1, at })))
     const history = await engine.history(op.id)

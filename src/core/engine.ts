@@ -32,6 +32,9 @@ export type EngineEvents = {
   'operation:started': [op: Operation]
   'operation:progress': [id: string, progress: Progress]
   'operation:cancel-requested': [op: Operation]
+  /** An attempt failed and the next one is scheduled: the operation is `queued` until `runAt`. */
+  'operation:retrying': [op: Operation]
+  /** The operation ended: `succeeded`, `failed` or `canceled`. */
   'operation:settled': [op: Operation]
   /** Another process changed the operation (stores with notices only). */
   'operation:changed': [id: string]
@@ -123,7 +126,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       this.#runner = new Runner(this.#opts, this.#definitions, {
         started: (op) => this.emit('operation:started', op),
         progressed: (id, progress) => this.emit('operation:progress', id, progress),
-        settled: (op) => this.emit('operation:settled', op),
+        settled: (op) => this.emit(op.state === 'queued' ? 'operation:retrying' : 'operation:settled', op),
       })
     }
   }
