@@ -1,9 +1,8 @@
 import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Worker } from 'node:worker_threads'
 import Database from 'better-sqlite3'
-import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { LongrunError } from '../src/core/errors.js'
 import type { Store } from '../src/core/store.js'
 import type { NewOperation } from '../src/core/types.js'
@@ -193,31 +192,6 @@ describe('sqlite store', () => {
     expect((await reopened.get('existing'))?.input).toBe('original')
     expect((await reopened.get('ok-7'))?.input).toEqual({ id: 'ok-7' })
     for (let i = 0; i < 100; i++) expect(await reopened.get(`ok-${i}`), `ok-${i}`).toBeDefined()
-  })
-
-  it('fails the writes in flight and every later one, but never hangs, when its writer thread dies', async () => {
-    // The store's writer thread is the worker its first message goes to.
-    const posts = vi.spyOn(Worker.prototype, 'postMessage')
-    const store = openStore()
-    const writer = posts.mock.contexts[0] as Worker
-    posts.mockRestore()
-    await store.insert(newOp('before'))
-
-    const inFlight = store.insert(newOp('in-flight'))
-    await writer.terminate()
-    for (const err of [await rejection(inFlight), await rejection(store.insert(newOp('after')))]) {
-      expect(err).toBeInstanceOf(LongrunError)
-      expect((err as LongrunError).code).toBe('store-failed')
-    }
-    // Reads do not need the writer.
-    expect((await store.get('before'))?.state).toBe('queued')
-    await store.close()
-    expect(((await rejection(store.insert(newOp('closed')))) as LongrunError).code).toBe('store-closed')
-
-    // The file is not left locked: another store writes to it.
-    const reopened = openStore()
-    await reopened.insert(newOp('reopened'))
-    expect((await reopened.list({ limit: 10 })).items.map((op) => op.id)).toContain('before')
   })
 
   it('reports a write SQLite refuses with the SQLite error, and commits the rest of its group', async () => {

@@ -3,9 +3,8 @@ import { LongrunError } from '../../core/errors.js'
 import type { HistoryEvent, Operation, OperationState } from '../../core/types.js'
 import { MIGRATIONS } from './migrations.js'
 
-// What the store's two sides share: opening a connection, the schema migrations, statement caching
-// and the mapping of rows to operations. The main thread reads (index.ts), the writer writes
-// (writes.ts, run by writer.ts in its own thread).
+// Opening a connection, the schema migrations, statement caching and the mapping of rows to
+// operations: what reads (index.ts) and writes (writes.ts) share.
 
 export type Synchronous = 'FULL' | 'NORMAL'
 

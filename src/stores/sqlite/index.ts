@@ -1,5 +1,5 @@
 import { mkdirSync } from 'node:fs'
-import { dirname, resolve } from 'node:path'
+import { dirname } from 'node:path'
 import type Database from 'better-sqlite3'
 import { LongrunError } from '../../core/errors.js'
 import type { Store } from '../../core/store.js'
@@ -20,66 +20,51 @@ import type {
   StatsRow,
 } from '../../core/types.js'
 import { migrate, openConnection, statementCache, toOperation, type EventRow, type Row } from './connection.js'
-import { InlineWriter, ThreadWriter, type Writer } from './writer-client.js'
-import { SqliteWrites, type BatchOutcome, type Settled, type WriteMethod } from './writes.js'
+import { SqliteWrites, type Settled, type WriteCall, type WriteMethod } from './writes.js'
 
 export interface SqliteStoreOptions {
   /** Database file, created with its folder when missing; `':memory:'` for a throwaway one. */
   path: string
   /**
-   * `FULL` makes every acknowledged write survive a power loss; `NORMAL` only a process crash.
+   * `FULL` makes every acknowledged submission, outcome, cancel, retry and delete survive a power
+   * loss (claims, heartbeats and progress skip the fsync: losing them loses no promise); `NORMAL`
+   * makes writes survive a process crash only.
    * @default 'FULL'
    */
   synchronous?: 'FULL' | 'NORMAL'
 }
 
 /**
- * The embedded default store: one SQLite file in WAL mode. Writes are committed by a writer thread
- * of their own, in groups: all the writes issued while it commits one group make the next group,
- * one transaction and one fsync, and each write resolves only after its group's commit. The fsync
- * waits happen in that thread, so the event loop keeps serving meanwhile. Reads run in the calling
- * thread on a connection of their own, which WAL lets read while the writer writes.
- *
- * `':memory:'` (and `''`, a private temporary file) cannot be shared between two connections: such
- * a store keeps its one connection in the calling thread and commits its groups there, once per
- * event-loop turn, with the same code.
+ * The embedded default store: one SQLite file in WAL mode, on one connection. Writes are committed in
+ * groups: the writes issued during one event-loop turn make one transaction and one fsync, and each
+ * resolves only after its group's commit, so concurrent submissions share the cost of durability.
+ * `':memory:'` gives a throwaway database.
  */
 export function sqliteStore(options: SqliteStoreOptions): Store {
   return new SqliteStore(options)
 }
 
 interface PendingWrite {
-  /** The call as the writer takes it (see `Writer.prepare`). */
-  call: unknown
+  call: WriteCall
   resolve: (value: unknown) => void
   reject: (reason: unknown) => void
 }
 
 class SqliteStore implements Store {
-  /** Reads; for an unshared database (`:memory:`) also the writes. */
   readonly #db: Database.Database
   readonly #sql: ReturnType<typeof statementCache>
-  readonly #writer: Writer
+  readonly #writes: SqliteWrites
   #pending: PendingWrite[] = []
   #flushScheduled = false
-  #inFlight = false
-  #onIdle: (() => void)[] = []
   #closing: Promise<void> | undefined
 
   constructor(options: SqliteStoreOptions) {
     const synchronous = options.synchronous === 'NORMAL' ? 'NORMAL' : 'FULL'
-    const shared = options.path !== ':memory:' && options.path !== ''
-    if (shared) mkdirSync(dirname(options.path), { recursive: true })
+    if (options.path !== ':memory:' && options.path !== '') mkdirSync(dirname(options.path), { recursive: true })
     const db = openConnection(options.path, synchronous)
     try {
-      // Before any read or write, and synchronously so that a file it refuses fails the call.
+      // Synchronously, so that a file it refuses fails the call.
       migrate(db)
-      if (shared) {
-        db.pragma('query_only = ON')
-        this.#writer = new ThreadWriter(resolve(options.path), synchronous)
-      } else {
-        this.#writer = new InlineWriter(new SqliteWrites(db))
-      }
     } catch (err) {
       // A store that fails to open must not keep the file open behind the error.
       db.close()
@@ -87,6 +72,7 @@ class SqliteStore implements Store {
     }
     this.#db = db
     this.#sql = statementCache(db)
+    this.#writes = new SqliteWrites(db, synchronous)
   }
 
   insert(op: NewOperation): Promise<Operation> {
@@ -175,87 +161,39 @@ class SqliteStore implements Store {
     return this.#write('purge', now, limit)
   }
 
-  /** Commits the writes issued before it, then closes the writer and the database. */
+  /** Commits the writes issued before it, then closes the database. */
   close(): Promise<void> {
-    this.#closing ??= this.#close()
-    return this.#closing
-  }
-
-  async #close(): Promise<void> {
-    // Writes issued before close() are pending or in flight: wait for their commit.
-    await new Promise<void>((resolve) => {
-      if (this.#idle()) resolve()
-      else this.#onIdle.push(resolve)
-    })
-    // The reader first: closing last, the writer's connection checkpoints the WAL into the database
-    // file and removes it, in its own thread.
-    try {
+    this.#closing ??= new Promise<void>((resolve) => {
+      this.#flush()
       this.#db.close()
-    } finally {
-      await this.#writer.close()
-    }
+      resolve()
+    })
+    return this.#closing
   }
 
   #write<M extends WriteMethod>(method: M, ...args: Parameters<SqliteWrites[M]>): Promise<ReturnType<SqliteWrites[M]>> {
     if (this.#closing) return Promise.reject(storeClosed())
-    let call: unknown
-    try {
-      call = this.#writer.prepare(method, args)
-    } catch (err) {
-      return Promise.reject(err)
-    }
     return new Promise((resolve, reject) => {
-      this.#pending.push({ call, resolve: resolve as (value: unknown) => void, reject })
-      this.#schedule()
+      this.#pending.push({ call: { method, args }, resolve: resolve as (value: unknown) => void, reject })
+      if (!this.#flushScheduled) {
+        this.#flushScheduled = true
+        setImmediate(this.#flush)
+      }
     })
   }
 
-  #idle(): boolean {
-    return !this.#inFlight && this.#pending.length === 0
-  }
-
-  /**
-   * Sends the pending writes at the end of this event-loop turn, unless a group is being committed:
-   * they wait for its commit, and more join them meanwhile.
-   */
-  #schedule(): void {
-    if (this.#flushScheduled || this.#inFlight) return
-    this.#flushScheduled = true
-    setImmediate(this.#flush)
-  }
-
+  /** Commits the pending writes as one group, then settles each: a write's own error rejects only it. */
   readonly #flush = (): void => {
     this.#flushScheduled = false
-    if (this.#inFlight) return
-    if (this.#pending.length === 0) return this.#settleIdle()
+    if (this.#pending.length === 0) return
     const batch = this.#pending
     this.#pending = []
-    this.#inFlight = true
-    void this.#commit(batch)
-  }
-
-  /** Commits one group, then settles each write's promise: a write's own error rejects only it. */
-  async #commit(batch: PendingWrite[]): Promise<void> {
-    let outcome: BatchOutcome
-    try {
-      outcome = await this.#writer.run(batch.map((write) => write.call))
-    } catch (error) {
-      outcome = { ok: false, error }
-    }
-    this.#inFlight = false
-    // The writer is free: hand it the writes that gathered meanwhile at once, then answer this group.
-    if (this.#pending.length > 0) this.#flush()
+    const outcome = this.#writes.runBatch(batch.map((write) => write.call))
     batch.forEach((write, i) => {
-      const result: Settled | undefined = outcome.ok ? outcome.results[i] : outcome
-      if (result?.ok) write.resolve(result.value)
-      else write.reject(result ? result.error : new Error('longrun: the SQLite writer returned no result'))
+      const result: Settled = outcome.ok ? outcome.results[i]! : outcome
+      if (result.ok) write.resolve(result.value)
+      else write.reject(result.error)
     })
-    this.#settleIdle()
-  }
-
-  #settleIdle(): void {
-    if (!this.#idle()) return
-    for (const resolve of this.#onIdle.splice(0)) resolve()
   }
 }
 

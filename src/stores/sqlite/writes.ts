@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3'
-import { canceledError, duplicateOperationId, LongrunError } from '../../core/errors.js'
+import { canceledError, duplicateOperationId } from '../../core/errors.js'
 import type {
   ClaimRequest,
   HistoryEntry,
@@ -14,10 +14,7 @@ import type {
 } from '../../core/types.js'
 import { statementCache, toOperation, type Row, type Synchronous } from './connection.js'
 
-// Every write the SQLite store makes, on the one connection that writes: the writer thread's
-// (writer.ts), or the store's own for a `:memory:` database. `runBatch` commits a group of writes
-// in one transaction; the wire helpers below carry batches and their results across the thread
-// boundary as JSON text.
+// Every write the SQLite store makes. `runBatch` commits a group of writes in one transaction.
 
 const HELD = `id = @id AND state = 'running' AND attempt = @attempt AND worker = @worker`
 const FINISHED = `state IN ('succeeded', 'failed', 'canceled')`
@@ -49,22 +46,34 @@ export type Settled = { ok: true; value: unknown } | { ok: false; error: unknown
 /** One result per call, in order; or the error that failed the whole transaction (e.g. its COMMIT). */
 export type BatchOutcome = { ok: true; results: Settled[] } | { ok: false; error: unknown }
 
+/**
+ * Writes a power loss may undo without breaking a promise: a lost claim, heartbeat or release leaves
+ * the operation to be claimed again once its lease expires, a lost progress shows the one before, a
+ * lost purge is done again. Groups of only these skip the fsync; the next durable commit syncs them
+ * too, as the WAL is one file written in order.
+ */
+const LOSABLE: ReadonlySet<WriteMethod> = new Set(['claim', 'heartbeat', 'progress', 'release', 'purge'])
+
 export class SqliteWrites {
   readonly #db: Database.Database
   readonly #sql: ReturnType<typeof statementCache>
+  readonly #synchronous: Synchronous
+  #current: Synchronous
 
-  constructor(db: Database.Database) {
+  constructor(db: Database.Database, synchronous: Synchronous) {
     this.#db = db
     this.#sql = statementCache(db)
+    this.#synchronous = this.#current = synchronous
   }
 
   /**
    * Runs `calls` in one `BEGIN IMMEDIATE` transaction: a call that throws fails only itself, a
-   * failed COMMIT (or BEGIN) fails them all. Returns once the commit is durable.
+   * failed COMMIT (or BEGIN) fails them all. Returns once committed: durably, unless all are losable.
    */
   runBatch(calls: readonly WriteCall[]): BatchOutcome {
     const results: Settled[] = []
     try {
+      this.#sync(calls.every((call) => LOSABLE.has(call.method)) ? 'NORMAL' : this.#synchronous)
       this.#db
         .transaction(() => {
           for (const { method, args } of calls) {
@@ -81,6 +90,12 @@ export class SqliteWrites {
       return { ok: false, error }
     }
     return { ok: true, results }
+  }
+
+  #sync(level: Synchronous): void {
+    if (level === this.#current) return
+    this.#db.pragma(`synchronous = ${level}`)
+    this.#current = level
   }
 
   insert(op: NewOperation): Operation {
@@ -276,114 +291,5 @@ export class SqliteWrites {
       entry.actor === undefined ? 0 : 1,
       entry.error === undefined ? null : JSON.stringify(entry.error),
     )
-  }
-}
-
-// --- The wire between the store (main thread) and the writer thread ---
-//
-// Batches and results travel as JSON text rather than as structured clones: every argument ends up
-// in JSON columns anyway, so JSON keeps exactly the semantics of the in-thread store (`toJSON`,
-// dropped `undefined`s and functions, Dates as strings), each call is encoded on its own so that a
-// value JSON cannot encode fails only that write, and one string is cheap to post.
-
-/** Store → writer. A batch's `json` is `{"batch":[{"method":…,"args":[…]},…]}`. */
-export type ToWriter =
-  { type: 'open'; path: string; synchronous: Synchronous } | { type: 'batch'; json: string } | { type: 'close' }
-
-/**
- * Writer → store: a batch's results (`json` is a `WireOutcome`), the close's acknowledgement, or a
- * failure to open or close the database.
- */
-export type FromWriter = { type: 'results'; json: string } | { type: 'closed' } | { type: 'failed'; error: WireError }
-
-type WireSettled = { ok: true; value?: unknown } | { ok: false; error: WireError }
-type WireOutcome = { ok: true; results: WireSettled[] } | { ok: false; error: WireError }
-
-/** An error as it crosses the thread boundary, enough to rebuild one of the same kind. */
-export type WireError =
-  | { kind: 'longrun'; code: string; status: number; title: string; message: string; extra: Record<string, unknown> }
-  | { kind: 'sqlite'; code: string; message: string; stack?: string }
-  | { kind: 'error'; name: string; message: string; code?: string; stack?: string }
-
-/** Encodes one call; throws (for this call only) what JSON.stringify throws, e.g. on a BigInt. */
-export function encodeCall(method: WriteMethod, args: unknown[]): string {
-  return `{"method":"${method}","args":${JSON.stringify(args)}}`
-}
-
-export function encodeBatch(encodedCalls: readonly string[]): string {
-  return `{"batch":[${encodedCalls.join(',')}]}`
-}
-
-export function decodeBatch(json: string): WriteCall[] {
-  return (JSON.parse(json) as { batch: WriteCall[] }).batch
-}
-
-export function encodeOutcome(outcome: BatchOutcome): string {
-  if (!outcome.ok) return JSON.stringify({ ok: false, error: toWireError(outcome.error) } satisfies WireOutcome)
-  const results = outcome.results.map((settled) => {
-    if (settled.ok) {
-      try {
-        return JSON.stringify({ ok: true, value: settled.value } satisfies WireSettled)
-      } catch (error) {
-        // Cannot happen for values read back from JSON columns; fail just this call if it does.
-        return JSON.stringify({ ok: false, error: toWireError(error) } satisfies WireSettled)
-      }
-    }
-    return JSON.stringify({ ok: false, error: toWireError(settled.error) } satisfies WireSettled)
-  })
-  return `{"ok":true,"results":[${results.join(',')}]}`
-}
-
-export function decodeOutcome(json: string): BatchOutcome {
-  const outcome = JSON.parse(json) as WireOutcome
-  if (!outcome.ok) return { ok: false, error: fromWireError(outcome.error) }
-  return {
-    ok: true,
-    results: outcome.results.map((settled) =>
-      settled.ok ? { ok: true, value: settled.value } : { ok: false, error: fromWireError(settled.error) },
-    ),
-  }
-}
-
-export function toWireError(err: unknown): WireError {
-  if (err instanceof LongrunError) {
-    const { code, status, title, message, extra } = err
-    return { kind: 'longrun', code, status, title, message, extra }
-  }
-  if (err instanceof Database.SqliteError) {
-    return { kind: 'sqlite', code: err.code, message: err.message, ...(err.stack ? { stack: err.stack } : {}) }
-  }
-  if (err instanceof Error) {
-    const { code } = err as { code?: unknown }
-    return {
-      kind: 'error',
-      name: err.name,
-      message: err.message,
-      ...(typeof code === 'string' ? { code } : {}),
-      ...(err.stack ? { stack: err.stack } : {}),
-    }
-  }
-  return { kind: 'error', name: 'Error', message: String(err) }
-}
-
-const BUILTIN_ERRORS: Record<string, ErrorConstructor> = { TypeError, RangeError, SyntaxError, ReferenceError }
-
-export function fromWireError(wire: WireError): Error {
-  switch (wire.kind) {
-    case 'longrun':
-      return new LongrunError(wire.code, wire.status, wire.title, wire.message, wire.extra)
-    case 'sqlite': {
-      const err = new Database.SqliteError(wire.message, wire.code)
-      if (wire.stack) err.stack = wire.stack
-      return err
-    }
-    default: {
-      const Kind = BUILTIN_ERRORS[wire.name] ?? Error
-      const err = new Kind(wire.message)
-      err.name = wire.name
-      if (wire.code !== undefined) (err as Error & { code: string }).code = wire.code
-      if (wire.stack) err.stack = wire.stack
-      return err
-    }
   }
 }
