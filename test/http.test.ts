@@ -1042,6 +1042,8 @@ describe('the demo app', () => {
     const invalid: HttpResponse = await client.post('/api/v1/demo/tasks/batch', { items: [] })
     expectProblem(invalid, 422, 'invalid-body')
     expectProblem(await client.post('/api/v1/demo/tasks/nope', {}), 404, 'route-not-found')
+    expectProblem(await client.get('/operations/%E0%A4%A'), 400, 'bad-url')
+    expectProblem(await client.post('/api/v1/demo/tasks/%zz', {}), 400, 'bad-url')
     expect((await client.stats()).total).toBe(1)
   })
 })

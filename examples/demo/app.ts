@@ -3,6 +3,7 @@ import {
   jwtAuth,
   longrun,
   problemErrorHandler,
+  problemFrameworkErrors,
   problemNotFoundHandler,
   sessionAuth,
   type LongrunPluginOptions,
@@ -32,6 +33,7 @@ export async function buildDemoApp(options: DemoOptions): Promise<FastifyInstanc
     // Slow or stalled clients must not hold sockets: bound the headers and the whole request.
     connectionTimeout: 60_000,
     requestTimeout: 30_000,
+    frameworkErrors: problemFrameworkErrors,
   })
   app.server.headersTimeout = 10_000
   app.setErrorHandler(problemErrorHandler)

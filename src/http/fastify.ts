@@ -157,6 +157,15 @@ export function problemErrorHandler(
   return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
 }
 
+/**
+ * Answers what Fastify refuses before routing (a malformed percent-encoding in the URL) as a problem.
+ * Fastify takes it only at construction: `Fastify({ frameworkErrors: problemFrameworkErrors })`.
+ */
+export function problemFrameworkErrors(err: FastifyError, request: FastifyRequest, reply: FastifyReply) {
+  const body = toProblem(err, request.log)
+  return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
+}
+
 /** Answers unknown routes as an `application/problem+json` 404; usable as an app-wide not-found handler. */
 export function problemNotFoundHandler(request: FastifyRequest, reply: FastifyReply) {
   const body = problem('route-not-found', 404, 'Not found', `No route ${request.method} ${request.url.split('?')[0]}.`)

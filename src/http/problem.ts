@@ -65,6 +65,8 @@ export function toProblem(err: unknown, log?: Logger): Problem {
       return problem('unsupported-media-type', 415, 'Unsupported media type', 'Send the body as application/json.')
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return problem('body-too-large', 413, 'Body too large', 'The request body exceeds the size limit.')
+    case 'FST_ERR_BAD_URL':
+      return problem('bad-url', 400, 'Bad URL', 'The URL is not validly percent-encoded.')
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
       return problem('malformed-json', 400, 'Malformed JSON', e.message)
