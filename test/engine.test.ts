@@ -812,6 +812,58 @@ describe('Engine', () => {
     })
   })
 
+  describe('crash loops', () => {
+    /** Claims the operation as `times` workers in turn, each dying: every later claim finds its lease lapsed. */
+    async function dieRunning(store: Store, times: number, now: number): Promise<number> {
+      for (let i = 0; i < times; i++) {
+        now += FAST.lease
+        const [claimed] = await store.claim(`dead-${i}`, [{ name: 'job', limit: 1 }], FAST.lease, now)
+        expect(claimed).toBeDefined()
+      }
+      return now + FAST.lease
+    }
+
+    it('fails an operation whose workers died maxLeaseLosses times running it, without running it again', async () => {
+      const store = memoryStore()
+      let now = Date.now()
+      const runs: string[] = []
+      const engine = makeEngine({ store, clock: () => now, maxLeaseLosses: 2 })
+      engine.define({ name: 'job', retry: { attempts: 5 }, handler: ({ id }) => void runs.push(id) })
+      const doomed = await engine.submit('job')
+      // Two workers die running it; the engine's claim records the second lease loss.
+      now = await dieRunning(store, 2, now)
+      engine.start()
+      const failed = await reach(engine, doomed.id, 'failed')
+      expect(runs).toEqual([])
+      expect(failed.attempt).toBe(3)
+      expect(failed.error).toMatchObject({ code: 'lease-lost', title: 'Lease lost too often' })
+      expect((await engine.history(doomed.id)).filter((e) => e.event === 'lease-lost')).toHaveLength(2)
+
+      // A manual retry starts afresh: the next attempt runs.
+      await engine.retry(doomed.id)
+      await reach(engine, doomed.id, 'succeeded')
+      expect(runs).toEqual([doomed.id])
+    })
+
+    it('runs again an operation that lost fewer leases than the limit', async () => {
+      const store = memoryStore()
+      let now = Date.now()
+      const engine = makeEngine({ store, clock: () => now, maxLeaseLosses: 2 })
+      engine.define({ name: 'job', handler: ({ attempt }) => attempt })
+      const survivor = await engine.submit('job')
+      now = await dieRunning(store, 1, now)
+      engine.start()
+      expect((await reach(engine, survivor.id, 'succeeded')).result).toBe(2)
+    })
+
+    it('refuses a limit that is not a whole number of at least 1', () => {
+      for (const bad of [0, -1, 1.5, Number.NaN]) {
+        expect(() => makeEngine({ maxLeaseLosses: bad })).toThrow(/maxLeaseLosses/)
+      }
+      expect(() => makeEngine({ maxLeaseLosses: Infinity })).not.toThrow()
+    })
+  })
+
   describe('on a shared SQLite file', () => {
     it('runs the operation of a dead worker once its lease expires, with the next attempt', async () => {
       const store = sqliteStore({ path: join(dir, 'dead-worker.db') })

@@ -20,6 +20,12 @@ export interface EngineOptions {
   poll?: Duration
   /** How long a handler has to stop once its signal aborts, before its attempt is recorded without it. @default '10s' */
   grace?: Duration
+  /**
+   * An operation whose worker died this many times while running it (its lease lapsed each time)
+   * ends `failed` with error `lease-lost` instead of running again: a handler that crashes its
+   * process must not crash every worker in turn forever. `Infinity` to always run it again. @default 3
+   */
+  maxLeaseLosses?: number
   /** How long finished operations are kept. @default '7d' */
   retention?: Duration
   /** How often expired operations are purged. @default '1m' */
@@ -43,6 +49,7 @@ export interface ResolvedEngineOptions {
   heartbeatMs: number
   pollMs: number
   graceMs: number
+  maxLeaseLosses: number
   retentionMs: number
   purgeIntervalMs: number
   idempotencyTtlMs: number
@@ -56,6 +63,7 @@ const DEFAULTS = {
   lease: 30_000, // 30 s
   poll: 1_000, // 1 s
   grace: 10_000, // 10 s
+  maxLeaseLosses: 3,
   retention: 7 * 86_400_000, // 7 days
   purgeInterval: 60_000, // 1 min
   idempotencyTtl: 86_400_000, // 24 h
@@ -73,6 +81,9 @@ export function resolveEngineOptions(input: EngineOptions): ResolvedEngineOption
   if (pollMs <= 0) throw invalidOption('poll', 'must be positive')
   const purgeIntervalMs = toMs('purgeInterval', input.purgeInterval ?? DEFAULTS.purgeInterval)
   if (purgeIntervalMs <= 0) throw invalidOption('purgeInterval', 'must be positive')
+  const maxLeaseLosses = input.maxLeaseLosses ?? DEFAULTS.maxLeaseLosses
+  if (!(maxLeaseLosses === Infinity || (Number.isInteger(maxLeaseLosses) && maxLeaseLosses >= 1)))
+    throw invalidOption('maxLeaseLosses', 'must be a whole number of at least 1, or Infinity')
   return {
     store: input.store,
     worker: input.worker ?? true,
@@ -81,6 +92,7 @@ export function resolveEngineOptions(input: EngineOptions): ResolvedEngineOption
     heartbeatMs,
     pollMs,
     graceMs: toMs('grace', input.grace ?? DEFAULTS.grace),
+    maxLeaseLosses,
     retentionMs: toMs('retention', input.retention ?? DEFAULTS.retention),
     purgeIntervalMs,
     idempotencyTtlMs: toMs('idempotencyTtl', input.idempotencyTtl ?? DEFAULTS.idempotencyTtl),

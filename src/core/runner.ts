@@ -19,8 +19,10 @@ type Ending =
   | { kind: 'threw'; error: unknown }
   /** The handler ignored its aborted signal past the grace period. */
   | { kind: 'abandoned' }
-  /** The handler was never called: a cancel was requested before this attempt began. */
+  /** The handler was never called: the run was aborted (e.g. a cancel was requested) before it began. */
   | { kind: 'skipped' }
+  /** The handler was not called: workers died running this operation `losses` times already. */
+  | { kind: 'too-many-lease-losses'; losses: number }
 
 interface Run {
   op: Operation
@@ -156,6 +158,38 @@ export class Runner {
       void this.#end(run, { kind: 'skipped' })
       return
     }
+    // Only an operation that ran before can have lost a lease: the others skip the history read.
+    if (op.attempt > 1 && this.#opts.maxLeaseLosses !== Infinity) {
+      this.#leaseLosses(op.id).then(
+        (losses) =>
+          losses >= this.#opts.maxLeaseLosses
+            ? this.#end(run, { kind: 'too-many-lease-losses', losses })
+            : this.#invoke(run),
+        (err: unknown) => {
+          // Not knowing how often it crashed is no reason to fail it: run it.
+          this.#opts.logger.error({ err, operationId: op.id }, 'longrun: reading the history failed')
+          this.#invoke(run)
+        },
+      )
+      return
+    }
+    this.#invoke(run)
+  }
+
+  /** Lease losses since the operation was last retried by hand (a manual retry starts afresh). */
+  async #leaseLosses(id: string): Promise<number> {
+    let losses = 0
+    for (const entry of await this.#opts.store.history(id)) {
+      if (entry.event === 'retried') losses = 0
+      else if (entry.event === 'lease-lost') losses++
+    }
+    return losses
+  }
+
+  #invoke(run: Run): void {
+    if (run.ended) return
+    if (run.abortedBy) return void this.#end(run, { kind: 'skipped' })
+    const { op, def } = run
     if (op.timeoutMs !== null) run.timers.push(setTimeout(() => this.#abort(run, 'timeout'), op.timeoutMs))
 
     let pending: Promise<unknown>
@@ -248,6 +282,10 @@ export class Runner {
   #outcome(run: Run, ending: Ending): Outcome | 'release' | undefined {
     const now = this.#opts.clock()
     const expiresAt = now + this.#opts.retentionMs
+    if (ending.kind === 'too-many-lease-losses') {
+      const detail = `Its worker stopped ${ending.losses} times while running it (e.g. the process crashed); it is not run again.`
+      return { state: 'failed', error: operationError('lease-lost', 'Lease lost too often', detail), expiresAt }
+    }
     switch (run.abortedBy) {
       case 'lease-lost':
         return undefined
