@@ -1,5 +1,3 @@
-import type { Store } from 'longrun'
-
 /** Job scripts report by printing exactly one JSON line on stdout. */
 export function report(result: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify({ ...result, rss: process.memoryUsage.rss() })}\n`)
@@ -11,17 +9,8 @@ export function envInt(name: string, fallback: number): number {
   return value
 }
 
-export async function openStore(spec: string): Promise<Store> {
-  if (spec === 'memory') {
-    const { memoryStore } = await import('longrun/memory')
-    return memoryStore()
-  }
-  if (spec.startsWith('sqlite:')) {
-    const { sqliteStore } = await import('longrun/sqlite')
-    return sqliteStore({ path: spec.slice('sqlite:'.length) })
-  }
-  throw new Error(`BENCH_STORE must be 'memory' or 'sqlite:<path>', got '${spec}'`)
-}
+/** The store a `BENCH_STORE` names (`memory`, `sqlite:<path>`), opened as the demo opens it. */
+export { openStore } from '../../examples/demo/store.js'
 
 /** Nearest-rank percentile of an ascending array. */
 export function percentile(sorted: number[], p: number): number {

@@ -2,21 +2,9 @@
 // worker in the same process. BENCH_STORE: `memory` or `sqlite:<path>` (default settings: durable,
 // synchronous FULL).
 import Fastify from 'fastify'
-import type { Store } from 'longrun'
 import { longrun } from 'longrun/fastify'
+import { openStore } from '../../examples/demo/store.js'
 import { addStateRoute, serve, type Counters } from './common.js'
-
-async function openStore(spec: string): Promise<Store> {
-  if (spec === 'memory') {
-    const { memoryStore } = await import('longrun/memory')
-    return memoryStore()
-  }
-  if (spec.startsWith('sqlite:')) {
-    const { sqliteStore } = await import('longrun/sqlite')
-    return sqliteStore({ path: spec.slice('sqlite:'.length) })
-  }
-  throw new Error(`BENCH_STORE must be 'memory' or 'sqlite:<path>', got '${spec}'`)
-}
 
 const counters: Counters = { accepted: 0, done: 0 }
 const app = Fastify({ logger: false })
