@@ -849,6 +849,28 @@ describe('limits', () => {
     await h.settle()
   })
 
+  it('replays an idempotent resubmission at the quota instead of refusing it', async () => {
+    const h = await start({ maxActivePerOwner: 1 })
+    const owner = (key: string) => new Caller(h.client, { ...h.as('owner').headers, 'idempotency-key': key })
+    const input = { mode: 'gate', key: 'held' }
+    const first = await owner('k-1').post('/jobs/private', input)
+    const op = expectJson(first, 202)
+
+    // The client did not see the 202 and sends the same request again: the same operation.
+    const again = await owner('k-1').post('/jobs/private', input)
+    expect(expectJson(again, 202).id).toBe(op.id)
+    expect(again.headers.get('idempotent-replayed')).toBe('true')
+    expect(again.headers.get('location')).toBe(`/operations/${op.id}`)
+    // Still no room for anything new, with or without a key, and a reused key must match its request.
+    expectProblem(await owner('k-2').post('/jobs/private', input), 429, 'quota-exceeded')
+    expectProblem(await h.as('owner').post('/jobs/private', input), 429, 'quota-exceeded')
+    expectProblem(await owner('k-1').post('/jobs/private', { mode: 'ok' }), 422, 'idempotency-key-mismatch')
+    expect(expectJson(await h.as('owner').get('/operations/stats'), 200).total).toBe(1)
+    h.gates.open('held')
+    await h.waitState(op.id, 'succeeded')
+    await h.settle()
+  })
+
   it('holds maxActivePerOwner against a burst of concurrent submissions', async () => {
     const h = await start({ maxActivePerOwner: 2 })
     const burst = (who: Who) =>

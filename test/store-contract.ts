@@ -802,6 +802,19 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect((await store.insertIdempotent(newOp(), key(), T0 + 2)).kind).toBe('replayed')
       })
 
+      it('finds what a live key made without inserting, and nothing for an unknown or expired key', async () => {
+        const lookup = { scope: 'alice\u0000work', key: 'key-1', fingerprint: 'fp-1' }
+        expect(await store.findIdempotent(lookup, T0)).toBeUndefined()
+        const op = ((await store.insertIdempotent(newOp(), key({ expiresAt: T0 + 100 }), T0)) as { op: Operation }).op
+        expect(await store.findIdempotent(lookup, T0 + 99)).toStrictEqual({ kind: 'replayed', op })
+        expect(await store.findIdempotent({ ...lookup, fingerprint: 'fp-2' }, T0 + 99)).toStrictEqual({
+          kind: 'mismatch',
+        })
+        expect(await store.findIdempotent({ ...lookup, scope: 'bob\u0000work' }, T0 + 99)).toBeUndefined()
+        expect(await store.findIdempotent(lookup, T0 + 100)).toBeUndefined()
+        expect((await store.list({ limit: 10 })).items).toHaveLength(1)
+      })
+
       it('keeps keys apart by scope', async () => {
         const a = await store.insertIdempotent(newOp(), key({ scope: 'alice\u0000work' }), T0)
         const b = await store.insertIdempotent(newOp(), key({ scope: 'bob\u0000work', fingerprint: 'fp-9' }), T0)

@@ -79,6 +79,13 @@ export function attemptsOf(history: HistoryEntry[]): AttemptRecord[] {
   return attempts
 }
 
+// NUL cannot occur in an owner id or a name, so scopes never collide.
+const keyOf = (name: string, owner: string | null | undefined, { key, fingerprint }: IdempotencyRequest) => ({
+  scope: `${owner ?? ''}\u0000${name}`,
+  key,
+  fingerprint,
+})
+
 export interface Submitted {
   op: Operation
   /** `true` when an idempotency key matched an earlier request and no new operation was made. */
@@ -180,18 +187,27 @@ export class Engine extends EventEmitter<EngineEvents> {
     const now = this.#opts.clock()
     const outcome = await this.store.insertIdempotent(
       this.#newOperation(name, request),
-      {
-        // NUL cannot occur in an owner id or a name, so scopes never collide.
-        scope: `${request.owner ?? ''}\u0000${name}`,
-        key: idempotency.key,
-        fingerprint: idempotency.fingerprint,
-        expiresAt: now + this.#opts.idempotencyTtlMs,
-      },
+      { ...keyOf(name, request.owner, idempotency), expiresAt: now + this.#opts.idempotencyTtlMs },
       now,
     )
     if (outcome.kind === 'mismatch') throw idempotencyMismatch()
     if (outcome.kind === 'inserted') this.#queued(outcome.op)
     return { op: outcome.op, replayed: outcome.kind === 'replayed' }
+  }
+
+  /**
+   * The operation an earlier submission with this key made, as `submitIdempotent` would replay it,
+   * without making one when there is none (`undefined`): for answering a replay where a new
+   * operation may not be made, e.g. past a quota.
+   */
+  async findSubmitted(
+    name: string,
+    owner: string | null,
+    idempotency: IdempotencyRequest,
+  ): Promise<Operation | undefined> {
+    const used = await this.store.findIdempotent(keyOf(name, owner, idempotency), this.#opts.clock())
+    if (used?.kind === 'mismatch') throw idempotencyMismatch()
+    return used?.op
   }
 
   #queued(op: Operation): void {

@@ -3,6 +3,8 @@ import type {
   HistoryEntry,
   IdempotencyKey,
   IdempotentInsert,
+  IdempotentUse,
+  IdempotencyLookup,
   Lease,
   LeaseStatus,
   ListQuery,
@@ -41,6 +43,8 @@ export interface Store {
    * key make one operation. An expired key, or one whose operation was deleted, is used afresh.
    */
   insertIdempotent(op: NewOperation, key: IdempotencyKey, now: number): Promise<IdempotentInsert>
+  /** What `insertIdempotent` would answer for a live key, without inserting: `undefined` for none. */
+  findIdempotent(key: IdempotencyLookup, now: number): Promise<IdempotentUse | undefined>
   get(id: string): Promise<Operation | undefined>
   /** The operation's history, oldest first (its submission is not an entry: see `createdAt`). */
   history(id: string): Promise<HistoryEntry[]>

@@ -185,6 +185,11 @@ export interface IdempotencyKey {
   expiresAt: number
 }
 
+export type IdempotencyLookup = Pick<IdempotencyKey, 'scope' | 'key' | 'fingerprint'>
+
+/** What a live key already stands for. */
+export type IdempotentUse = Exclude<IdempotentInsert, { kind: 'inserted' }>
+
 export type IdempotentInsert =
   | { kind: 'inserted'; op: Operation }
   /** The key was already used for the same request: `op` is the operation it made. */

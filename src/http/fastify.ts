@@ -313,10 +313,21 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
           const owner = accessOf(request).owner
           // One submission of an owner at a time checks the quota and inserts: otherwise a burst of
           // concurrent submissions would all pass the check before any of them was stored.
+          const key = idempotencyKeyOf(request.raw.rawHeaders, keyHeaders)
+          if (key === undefined && idempotency === 'required') throw idempotencyKeyRequired(keyHeaders[0]!)
+          const idempotent =
+            key === undefined
+              ? undefined
+              : { key, fingerprint: fingerprint(request.method, request.url.split('?')[0]!, request.body) }
           return oneAtATime(maxActive === undefined ? undefined : owner, async () => {
             if (maxActive !== undefined) {
               const { total } = await engine.stats({ owner, states: ['queued', 'running'] })
-              if (total >= maxActive) throw quotaExceeded(maxActive, retryAfterSeconds)
+              if (total >= maxActive) {
+                // A replay makes no new operation: the quota does not stand in its way.
+                const made = idempotent && (await engine.findSubmitted(definition.name, owner, idempotent))
+                if (!made) throw quotaExceeded(maxActive, retryAfterSeconds)
+                return send(reply, protocol.accepted(made, { 'idempotent-replayed': 'true' }))
+              }
             }
             const submission = {
               owner,
@@ -325,17 +336,11 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
               query: (request.query ?? {}) as Record<string, unknown>,
               headers: storedHeaders(request.headers),
             }
-            const key = idempotencyKeyOf(request.raw.rawHeaders, keyHeaders)
-            if (key === undefined) {
-              if (idempotency === 'required') throw idempotencyKeyRequired(keyHeaders[0]!)
+            if (!idempotent) {
               const op = await engine.submit(definition.name, submission)
               return send(reply, protocol.accepted(op, { [KEY_RECOMMENDED_HEADER]: 'true' }))
             }
-            const path = request.url.split('?')[0]!
-            const { op, replayed } = await engine.submitIdempotent(definition.name, submission, {
-              key,
-              fingerprint: fingerprint(request.method, path, request.body),
-            })
+            const { op, replayed } = await engine.submitIdempotent(definition.name, submission, idempotent)
             return send(reply, protocol.accepted(op, replayed ? { 'idempotent-replayed': 'true' } : {}))
           })
         },

@@ -4,7 +4,9 @@ import type {
   ClaimRequest,
   HistoryEntry,
   IdempotencyKey,
+  IdempotencyLookup,
   IdempotentInsert,
+  IdempotentUse,
   Lease,
   LeaseStatus,
   ListQuery,
@@ -57,18 +59,25 @@ class MemoryStore implements Store {
   }
 
   async insertIdempotent(input: NewOperation, key: IdempotencyKey, now: number): Promise<IdempotentInsert> {
-    const slot = `${key.scope}\u0000${key.key}`
-    const used = this.#keys.get(slot)
-    const made = used && used.expiresAt > now ? this.#entries.get(used.operationId) : undefined
-    if (used && made) {
-      return used.fingerprint === key.fingerprint
-        ? { kind: 'replayed', op: structuredClone(made.op) }
-        : { kind: 'mismatch' }
-    }
+    const used = this.#used(key, now)
+    if (used) return used
     // No await between the check above and the key below: concurrent uses of one key make one operation.
     const op = this.#insert(input)
-    this.#keys.set(slot, { fingerprint: key.fingerprint, operationId: op.id, expiresAt: key.expiresAt })
+    this.#keys.set(slotOf(key), { fingerprint: key.fingerprint, operationId: op.id, expiresAt: key.expiresAt })
     return { kind: 'inserted', op }
+  }
+
+  async findIdempotent(key: IdempotencyLookup, now: number): Promise<IdempotentUse | undefined> {
+    return this.#used(key, now)
+  }
+
+  #used(key: IdempotencyLookup, now: number): IdempotentUse | undefined {
+    const used = this.#keys.get(slotOf(key))
+    const made = used && used.expiresAt > now ? this.#entries.get(used.operationId) : undefined
+    if (!used || !made) return undefined
+    return used.fingerprint === key.fingerprint
+      ? { kind: 'replayed', op: structuredClone(made.op) }
+      : { kind: 'mismatch' }
   }
 
   async history(id: string): Promise<HistoryEntry[]> {
@@ -283,6 +292,8 @@ class MemoryStore implements Store {
     return op && op.state === 'running' && op.attempt === lease.attempt && op.worker === lease.worker ? op : undefined
   }
 }
+
+const slotOf = (key: IdempotencyLookup) => `${key.scope}\u0000${key.key}`
 
 function isReadable(op: Operation, readable: Readable | undefined): boolean {
   return !readable || readable.owners.includes(op.owner) || readable.names.includes(op.name)

@@ -8,7 +8,9 @@ import type {
   HistoryEntry,
   HistoryEvent,
   IdempotencyKey,
+  IdempotencyLookup,
   IdempotentInsert,
+  IdempotentUse,
   Lease,
   LeaseStatus,
   ListQuery,
@@ -299,17 +301,21 @@ class PgStore implements PostgresStore {
         JSON.stringify([newRow(op)]),
       ])
       if (row) return { kind: 'inserted', op: toOperation(row) }
-      const [used] = await this.#run<Row & { fingerprint: string }>(this.#sql.usedKey, [
-        escapeNul(key.scope),
-        escapeNul(key.key),
-        now,
-      ])
-      if (used) {
-        return used.fingerprint === key.fingerprint ? { kind: 'replayed', op: toOperation(used) } : { kind: 'mismatch' }
-      }
+      const used = await this.findIdempotent(key, now)
+      if (used) return used
       // The key lapsed, or its operation was deleted, between the two statements: take it afresh.
       if (tries === 5) throw new Error(`idempotency key '${key.key}' kept changing under concurrent use`)
     }
+  }
+
+  async findIdempotent(key: IdempotencyLookup, now: number): Promise<IdempotentUse | undefined> {
+    const [used] = await this.#run<Row & { fingerprint: string }>(this.#sql.usedKey, [
+      escapeNul(key.scope),
+      escapeNul(key.key),
+      now,
+    ])
+    if (!used) return undefined
+    return used.fingerprint === key.fingerprint ? { kind: 'replayed', op: toOperation(used) } : { kind: 'mismatch' }
   }
 
   async get(id: string): Promise<Operation | undefined> {

@@ -7,7 +7,9 @@ import type {
   ClaimRequest,
   HistoryEntry,
   IdempotencyKey,
+  IdempotencyLookup,
   IdempotentInsert,
+  IdempotentUse,
   Lease,
   LeaseStatus,
   ListQuery,
@@ -20,7 +22,7 @@ import type {
   StatsRow,
 } from '../../core/types.js'
 import { migrate, openConnection, statementCache, toOperation, type EventRow, type Row } from './connection.js'
-import { SqliteWrites, type Settled, type WriteCall, type WriteMethod } from './writes.js'
+import { findIdempotent, SqliteWrites, type Settled, type WriteCall, type WriteMethod } from './writes.js'
 
 export interface SqliteStoreOptions {
   /** Database file, created with its folder when missing; `':memory:'` for a throwaway one. */
@@ -81,6 +83,10 @@ class SqliteStore implements Store {
 
   insertIdempotent(op: NewOperation, key: IdempotencyKey, now: number): Promise<IdempotentInsert> {
     return this.#write('insertIdempotent', op, key, now)
+  }
+
+  async findIdempotent(key: IdempotencyLookup, now: number): Promise<IdempotentUse | undefined> {
+    return findIdempotent(this.#sql, key, now)
   }
 
   async get(id: string): Promise<Operation | undefined> {

@@ -4,7 +4,9 @@ import type {
   ClaimRequest,
   HistoryEntry,
   IdempotencyKey,
+  IdempotencyLookup,
   IdempotentInsert,
+  IdempotentUse,
   Lease,
   LeaseStatus,
   NewOperation,
@@ -128,12 +130,8 @@ export class SqliteWrites {
   }
 
   insertIdempotent(op: NewOperation, key: IdempotencyKey, now: number): IdempotentInsert {
-    const used = this.#sql(
-      `SELECT k.fingerprint, o.* FROM idempotency_keys k JOIN operations o ON o.id = k.operation_id
-       WHERE k.scope = ? AND k.key = ? AND k.expires_at > ?`,
-    ).get(key.scope, key.key, now) as (Row & { fingerprint: string }) | undefined
-    if (used)
-      return used.fingerprint === key.fingerprint ? { kind: 'replayed', op: toOperation(used) } : { kind: 'mismatch' }
+    const used = findIdempotent(this.#sql, key, now)
+    if (used) return used
     const inserted = this.insert(op)
     this.#sql(
       `INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, operation_id, expires_at) VALUES (?, ?, ?, ?, ?)`,
@@ -292,4 +290,18 @@ export class SqliteWrites {
       entry.error === undefined ? null : JSON.stringify(entry.error),
     )
   }
+}
+
+/** The use a live key already had, on whichever connection asks. */
+export function findIdempotent(
+  sql: ReturnType<typeof statementCache>,
+  key: IdempotencyLookup,
+  now: number,
+): IdempotentUse | undefined {
+  const used = sql(
+    `SELECT k.fingerprint, o.* FROM idempotency_keys k JOIN operations o ON o.id = k.operation_id
+     WHERE k.scope = ? AND k.key = ? AND k.expires_at > ?`,
+  ).get(key.scope, key.key, now) as (Row & { fingerprint: string }) | undefined
+  if (!used) return undefined
+  return used.fingerprint === key.fingerprint ? { kind: 'replayed', op: toOperation(used) } : { kind: 'mismatch' }
 }
