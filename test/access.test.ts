@@ -904,6 +904,18 @@ describe('limits', () => {
     await h.settle()
   })
 
+  it('rate limits refused credentials by client address, so that guessing them is slow', async () => {
+    const h = await start({ rateLimit: { max: 3, timeWindow: '1 minute' } })
+    const guesser = (n: number) => new Caller(h.client, { authorization: `Bearer not-a-token-${n}` })
+    for (let n = 0; n < 3; n++) expectUnauthorized(await guesser(n).get('/operations'))
+    const res = await guesser(3).get('/operations')
+    expectProblem(res, 429, 'rate-limited')
+    expect(res.headers.get('retry-after')).toMatch(/^[1-9]\d*$/)
+    expectProblem(await h.as('anonymous').post('/jobs/private', { mode: 'ok' }), 429, 'rate-limited')
+    // Callers who sign in are counted by principal, not by the address they share with the guesser.
+    expectJson(await h.as('owner').get('/operations'), 200)
+  })
+
   it('caps the page size at 100', async () => {
     const h = await start()
     const alice = h.as('owner')

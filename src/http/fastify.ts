@@ -240,12 +240,6 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
 
   // Who sent each request, found once by `authenticate` below; requests are never reused.
   const callers = new WeakMap<FastifyRequest, Principal>()
-  const authenticate: onRequestHookHandler = async (request) => {
-    const principal = await options.authenticate?.(request)
-    if (principal) callers.set(request, principal)
-    else if (!allowAnonymous) throw unauthorized('This API needs credentials.', challenge)
-  }
-  const accessOf = (request: FastifyRequest) => new OperationAccess(engine, callers.get(request), policy)
 
   if (options.rateLimit) {
     await app.register(rateLimit, {
@@ -278,6 +272,19 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
         },
       }
     : {}
+
+  const authenticate: onRequestHookHandler = async (request, reply) => {
+    try {
+      const principal = await options.authenticate?.(request)
+      if (principal) callers.set(request, principal)
+      else if (!allowAnonymous) throw unauthorized('This API needs credentials.', challenge)
+    } catch (err) {
+      // Refused credentials count against the client's address: guessing keys or tokens is limited too.
+      if (limit && err instanceof LongrunError && err.status === 401) await limit.call(app, request, reply)
+      throw err
+    }
+  }
+  const accessOf = (request: FastifyRequest) => new OperationAccess(engine, callers.get(request), policy)
 
   app.decorate('longrun', {
     engine,
