@@ -837,6 +837,13 @@ describe('operations API over HTTP, SQLite store', () => {
         'unsupported-media-type',
       ],
       [
+        'a text/plain body',
+        '/jobs/echo',
+        { raw: 'hello', headers: { 'content-type': 'text/plain' } },
+        415,
+        'unsupported-media-type',
+      ],
+      [
         'a body over 1 MiB',
         '/jobs/echo',
         { raw: JSON.stringify({ pad: 'x'.repeat(1_048_576) }), headers: JSON_TYPE },

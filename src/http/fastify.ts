@@ -172,6 +172,20 @@ export function problemNotFoundHandler(request: FastifyRequest, reply: FastifyRe
   return reply.code(404).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
 }
 
+const JSON_MEDIA_TYPE = /^application\/(?:[\w.+-]+\+)?json\s*(?:;|$)/i
+
+const jsonBodiesOnly: preParsingAsyncHookHandler = async (request) => {
+  const type = request.headers['content-type']
+  if (type !== undefined && !JSON_MEDIA_TYPE.test(type)) {
+    throw new LongrunError(
+      'unsupported-media-type',
+      415,
+      'Unsupported media type',
+      'Send the body as application/json.',
+    )
+  }
+}
+
 const quotaExceeded = (max: number, retryAfter: number) =>
   new LongrunError(
     'quota-exceeded',
@@ -265,13 +279,14 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
   // One counter per caller across all of longrun's routes. A route's `config.rateLimit` would give each
   // route a counter of its own, letting a caller make `max` requests on every route.
   const limit = options.rateLimit ? app.rateLimit(options.rateLimit) : undefined
-  const rateLimited: { preParsing?: preParsingAsyncHookHandler } = limit
-    ? {
-        preParsing: async function (request, reply) {
+  const limited: preParsingAsyncHookHandler[] = limit
+    ? [
+        async function (request, reply) {
           await limit.call(this, request, reply)
         },
-      }
-    : {}
+      ]
+    : []
+  const rateLimited = { preParsing: limited }
 
   const authenticate: onRequestHookHandler = async (request, reply) => {
     try {
@@ -312,7 +327,8 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
         url,
         schema: schema ?? {},
         bodyLimit: routeLimit ?? bodyLimit,
-        ...rateLimited,
+        // Fastify would also parse text/plain: an operation's input is JSON, whatever the route's schema.
+        preParsing: [...limited, jsonBodiesOnly],
         validatorCompiler,
         onRequest: authenticate,
         errorHandler: problemErrorHandler,
