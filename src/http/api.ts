@@ -55,9 +55,7 @@ export class OperationsProtocol {
 
   async status(access: OperationAccess, id: string): Promise<HttpReply> {
     const { op, history } = await access.details(id)
-    const reply = this.#resource(op)
-    reply.body = toDetailedResource(op, history, this.#opts)
-    return reply
+    return { status: 200, headers: this.#headers(op), body: toDetailedResource(op, history, this.#opts) }
   }
 
   async result(access: OperationAccess, id: string, accept: string | undefined): Promise<HttpReply> {
@@ -169,9 +167,13 @@ export class OperationsProtocol {
   }
 
   #resource(op: Operation): HttpReply {
+    return { status: 200, headers: this.#headers(op), body: toResource(op, this.#opts) }
+  }
+
+  #headers(op: Operation): Record<string, string> {
     const headers: Record<string, string> = { 'content-type': JSON_TYPE }
     if (!isDone(op)) headers['retry-after'] = String(this.#opts.retryAfterSeconds)
-    return { status: 200, headers, body: toResource(op, this.#opts) }
+    return headers
   }
 }
 

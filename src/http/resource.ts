@@ -92,20 +92,26 @@ export function toDetailedResource(
   history: HistoryEntry[],
   options: ResourceOptions,
 ): OperationResource {
-  const shown = (error: OperationError | undefined) => (error ? { error: publicError(error, options.exposeStack) } : {})
-  return {
-    ...toResource(op, options),
-    attempts: attemptsOf(history).map((a) => ({
+  const resource = toResource(op, options)
+  resource.attempts = attemptsOf(history).map((a) => {
+    const attempt: NonNullable<OperationResource['attempts']>[number] = {
       attempt: a.attempt,
       worker: a.worker,
       startedAt: iso(a.startedAt)!,
       endedAt: iso(a.endedAt),
       outcome: a.outcome ?? null,
-      ...shown(a.error),
-    })),
-    history: [
-      { at: iso(op.createdAt)!, event: 'submitted' as HistoryEntry['event'], attempt: 0, actor: op.owner },
-      ...history.map(({ at, error, ...entry }) => ({ ...entry, at: iso(at)!, ...shown(error) })),
-    ],
+    }
+    if (a.error) attempt.error = publicError(a.error, options.exposeStack)
+    return attempt
+  })
+  const shown: NonNullable<OperationResource['history']> = [
+    { at: resource.createdAt, event: 'submitted', attempt: 0, actor: op.owner },
+  ]
+  for (const { at, error, ...entry } of history) {
+    const item: NonNullable<OperationResource['history']>[number] = { ...entry, at: iso(at)! }
+    if (error) item.error = publicError(error, options.exposeStack)
+    shown.push(item)
   }
+  resource.history = shown
+  return resource
 }
