@@ -21,7 +21,7 @@ import type {
   StatsQuery,
   StatsRow,
 } from '../../core/types.js'
-import { migrate, openConnection, statementCache, toOperation, type EventRow, type Row } from './connection.js'
+import { migrate, openConnection, operationQueries, statementCache, type EventRow } from './connection.js'
 import { findIdempotent, SqliteWrites, type Settled, type WriteCall, type WriteMethod } from './writes.js'
 
 export interface SqliteStoreOptions {
@@ -55,6 +55,7 @@ interface PendingWrite {
 class SqliteStore implements Store {
   readonly #db: Database.Database
   readonly #sql: ReturnType<typeof statementCache>
+  readonly #ops: ReturnType<typeof operationQueries>
   readonly #writes: SqliteWrites
   #pending: PendingWrite[] = []
   #flushScheduled = false
@@ -74,6 +75,7 @@ class SqliteStore implements Store {
     }
     this.#db = db
     this.#sql = statementCache(db)
+    this.#ops = operationQueries(db)
     this.#writes = new SqliteWrites(db, synchronous)
   }
 
@@ -86,12 +88,11 @@ class SqliteStore implements Store {
   }
 
   async findIdempotent(key: IdempotencyLookup, now: number): Promise<IdempotentUse | undefined> {
-    return findIdempotent(this.#sql, key, now)
+    return findIdempotent(this.#ops, key, now)
   }
 
   async get(id: string): Promise<Operation | undefined> {
-    const row = this.#sql(`SELECT * FROM operations WHERE id = ?`).get(id) as Row | undefined
-    return row && toOperation(row)
+    return this.#ops(`SELECT * FROM operations WHERE id = ?`).get(id)
   }
 
   async history(id: string): Promise<HistoryEntry[]> {
@@ -118,10 +119,13 @@ class SqliteStore implements Store {
       args.push(Number(query.cursor))
     }
     const sql = `SELECT * FROM operations ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seq DESC LIMIT ?`
-    const rows = this.#sql(sql).all(...args, query.limit + 1) as Row[]
-    const more = rows.length > query.limit
-    const page = rows.slice(0, query.limit)
-    return { items: page.map(toOperation), ...(more ? { nextCursor: String(page[page.length - 1]!.seq) } : {}) }
+    const rows = this.#ops(sql)
+    const found = rows.statement.all(...args, query.limit + 1) as unknown[][]
+    const page = found.slice(0, query.limit)
+    return {
+      items: page.map((values) => rows.operation(values)),
+      ...(found.length > query.limit ? { nextCursor: String(rows.column(page[page.length - 1]!, 'seq')) } : {}),
+    }
   }
 
   async stats(query: StatsQuery): Promise<StatsRow[]> {

@@ -14,7 +14,7 @@ import type {
   Outcome,
   Progress,
 } from '../../core/types.js'
-import { statementCache, toOperation, type Row, type Synchronous } from './connection.js'
+import { operationQueries, statementCache, type Row, type Synchronous } from './connection.js'
 
 // Every write the SQLite store makes. `runBatch` commits a group of writes in one transaction.
 
@@ -59,12 +59,14 @@ const LOSABLE: ReadonlySet<WriteMethod> = new Set(['claim', 'heartbeat', 'progre
 export class SqliteWrites {
   readonly #db: Database.Database
   readonly #sql: ReturnType<typeof statementCache>
+  readonly #ops: ReturnType<typeof operationQueries>
   readonly #synchronous: Synchronous
   #current: Synchronous
 
   constructor(db: Database.Database, synchronous: Synchronous) {
     this.#db = db
     this.#sql = statementCache(db)
+    this.#ops = operationQueries(db)
     this.#synchronous = this.#current = synchronous
   }
 
@@ -102,27 +104,25 @@ export class SqliteWrites {
 
   insert(op: NewOperation): Operation {
     try {
-      return toOperation(
-        this.#sql(
-          `INSERT INTO operations (id, name, state, owner, input, params, query, headers, max_attempts, cancelable,
-               timeout_ms, created_at, run_at)
-             VALUES (@id, @name, 'queued', @owner, @input, @params, @query, @headers, @maxAttempts, @cancelable,
-               @timeoutMs, @createdAt, @createdAt)
-             RETURNING *`,
-        ).get({
-          id: op.id,
-          name: op.name,
-          owner: op.owner,
-          input: JSON.stringify(op.input ?? null),
-          params: JSON.stringify(op.params),
-          query: JSON.stringify(op.query),
-          headers: JSON.stringify(op.headers),
-          maxAttempts: op.maxAttempts,
-          cancelable: op.cancelable ? 1 : 0,
-          timeoutMs: op.timeoutMs,
-          createdAt: op.createdAt,
-        }) as Row,
-      )
+      return this.#ops(
+        `INSERT INTO operations (id, name, state, owner, input, params, query, headers, max_attempts, cancelable,
+             timeout_ms, created_at, run_at)
+           VALUES (@id, @name, 'queued', @owner, @input, @params, @query, @headers, @maxAttempts, @cancelable,
+             @timeoutMs, @createdAt, @createdAt)
+           RETURNING *`,
+      ).get({
+        id: op.id,
+        name: op.name,
+        owner: op.owner,
+        input: JSON.stringify(op.input ?? null),
+        params: JSON.stringify(op.params),
+        query: JSON.stringify(op.query),
+        headers: JSON.stringify(op.headers),
+        maxAttempts: op.maxAttempts,
+        cancelable: op.cancelable ? 1 : 0,
+        timeoutMs: op.timeoutMs,
+        createdAt: op.createdAt,
+      })!
     } catch (err) {
       if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw duplicateOperationId(op.id)
       throw err
@@ -130,7 +130,7 @@ export class SqliteWrites {
   }
 
   insertIdempotent(op: NewOperation, key: IdempotencyKey, now: number): IdempotentInsert {
-    const used = findIdempotent(this.#sql, key, now)
+    const used = findIdempotent(this.#ops, key, now)
     if (used) return used
     const inserted = this.insert(op)
     this.#sql(
@@ -140,16 +140,21 @@ export class SqliteWrites {
   }
 
   claim(worker: string, wants: ClaimRequest[], leaseMs: number, now: number): Operation[] {
-    const claimed: Row[] = []
+    const claimed: Operation[] = []
     const params = { worker, leaseUntil: now + leaseMs, now }
-    const take = (where: string, args: object) =>
-      this.#sql(
+    const take = (where: string, args: object) => {
+      const rows = this.#ops(
         `UPDATE operations
          SET state = 'running', attempt = attempt + 1, worker = @worker, lease_expires_at = @leaseUntil, started_at = @now,
            progress = '{"percent":0}'
          WHERE ${where}
          RETURNING *`,
-      ).all({ ...params, ...args }) as Row[]
+      )
+      const taken = rows.statement.all({ ...params, ...args }) as unknown[][]
+      // RETURNING gives rows in no set order: oldest first, as they were due.
+      taken.sort((a, b) => (rows.column(a, 'seq') as number) - (rows.column(b, 'seq') as number))
+      return taken.map((values) => rows.operation(values))
+    }
     for (const { name, limit } of wants) {
       // Operations of dead workers first: they have waited longest.
       const expired = this.#sql(
@@ -166,11 +171,11 @@ export class SqliteWrites {
                    ORDER BY run_at, seq LIMIT @limit)`,
           { name, limit: limit - expired.length },
         )
-        claimed.push(...due.sort((a, b) => a.seq - b.seq))
+        claimed.push(...due)
       }
     }
-    for (const row of claimed) this.#record(row.id, { at: now, event: 'started', attempt: row.attempt, worker })
-    return claimed.map(toOperation)
+    for (const op of claimed) this.#record(op.id, { at: now, event: 'started', attempt: op.attempt, worker })
+    return claimed
   }
 
   heartbeat(lease: Lease, leaseMs: number, now: number): LeaseStatus {
@@ -190,13 +195,13 @@ export class SqliteWrites {
   }
 
   settle(lease: Lease, outcome: Outcome, now: number): Operation | undefined {
-    const row =
+    const settled =
       outcome.state === 'queued'
-        ? this.#sql(
+        ? this.#ops(
             `UPDATE operations SET state = 'queued', error = @error, run_at = @runAt, worker = NULL, lease_expires_at = NULL
              WHERE ${HELD} RETURNING *`,
           ).get({ ...lease, error: JSON.stringify(outcome.error), runAt: outcome.runAt })
-        : this.#sql(
+        : this.#ops(
             `UPDATE operations SET state = @state, result = @result, error = @error, completed_at = @now,
                expires_at = @expiresAt, worker = NULL, lease_expires_at = NULL
              WHERE ${HELD} RETURNING *`,
@@ -208,7 +213,7 @@ export class SqliteWrites {
             now,
             expiresAt: outcome.expiresAt,
           })
-    if (row === undefined) return undefined
+    if (settled === undefined) return undefined
     this.#record(lease.id, {
       at: now,
       event: outcome.state === 'queued' ? 'retry-scheduled' : outcome.state,
@@ -216,7 +221,7 @@ export class SqliteWrites {
       worker: lease.worker,
       ...(outcome.state === 'succeeded' ? {} : { error: outcome.error }),
     })
-    return toOperation(row as Row)
+    return settled
   }
 
   release(lease: Lease, now: number): boolean {
@@ -242,18 +247,17 @@ export class SqliteWrites {
        WHERE id = ? AND state = 'running' AND cancelable = 1 AND cancel_requested = 0 RETURNING attempt`,
     ).get(id) as { attempt: number } | undefined
     if (requested) this.#record(id, { at: now, event: 'cancel-requested', attempt: requested.attempt, actor })
-    const row = this.#sql(`SELECT * FROM operations WHERE id = ?`).get(id) as Row | undefined
-    return row && toOperation(row)
+    return this.#ops(`SELECT * FROM operations WHERE id = ?`).get(id)
   }
 
   requeue(id: string, attempts: number, now: number, actor: string | null = null): Operation | undefined {
-    const row = this.#sql(
+    const requeued = this.#ops(
       `UPDATE operations SET state = 'queued', max_attempts = attempt + @attempts, cancel_requested = 0, run_at = @now,
          progress = '{"percent":0}', result = NULL, error = NULL, completed_at = NULL, expires_at = NULL
        WHERE id = @id AND state IN ('failed', 'canceled') RETURNING *`,
-    ).get({ id, attempts, now }) as Row | undefined
-    if (row) this.#record(id, { at: now, event: 'retried', attempt: row.attempt, actor })
-    return row && toOperation(row)
+    ).get({ id, attempts, now })
+    if (requeued) this.#record(id, { at: now, event: 'retried', attempt: requeued.attempt, actor })
+    return requeued
   }
 
   delete(id: string): boolean {
@@ -294,14 +298,17 @@ export class SqliteWrites {
 
 /** The use a live key already had, on whichever connection asks. */
 export function findIdempotent(
-  sql: ReturnType<typeof statementCache>,
+  ops: ReturnType<typeof operationQueries>,
   key: IdempotencyLookup,
   now: number,
 ): IdempotentUse | undefined {
-  const used = sql(
+  const query = ops(
     `SELECT k.fingerprint, o.* FROM idempotency_keys k JOIN operations o ON o.id = k.operation_id
      WHERE k.scope = ? AND k.key = ? AND k.expires_at > ?`,
-  ).get(key.scope, key.key, now) as (Row & { fingerprint: string }) | undefined
+  )
+  const used = query.statement.get(key.scope, key.key, now) as unknown[] | undefined
   if (!used) return undefined
-  return used.fingerprint === key.fingerprint ? { kind: 'replayed', op: toOperation(used) } : { kind: 'mismatch' }
+  return query.column(used, 'fingerprint') === key.fingerprint
+    ? { kind: 'replayed', op: query.operation(used) }
+    : { kind: 'mismatch' }
 }
