@@ -110,6 +110,9 @@ export class Runner {
   async #tick(): Promise<void> {
     try {
       while (this.#again && !this.#stopping) {
+        // Let the rest of this turn free its slots first (outcomes settled together end together):
+        // one claim for all of them, not one for the first and another for the rest.
+        await new Promise<void>((resolve) => setImmediate(resolve))
         this.#again = false
         const wants = []
         for (const def of this.#definitions.values()) {
