@@ -53,9 +53,10 @@ export interface Store {
   stats(query: StatsQuery): Promise<StatsRow[]>
   /**
    * Moves due operations to `running` for `worker`, each with a new attempt number, a lease of
-   * `leaseMs` and its progress back at 0 (an attempt reports only its own). Due: `queued` with `runAt <= now`, or `running` with an expired lease (its worker
-   * died). Each operation is claimed by at most one worker at a time. Records `started` (and
-   * `lease-lost` for the previous attempt of a reclaimed operation) in the history.
+   * `leaseMs` and its progress back at 0 (an attempt reports only its own). Due: `queued` with
+   * `runAt <= now`, or `running` with an expired lease (its worker died). Each operation is claimed
+   * by at most one worker at a time. Records `started` (and `lease-lost` for the previous attempt of
+   * a reclaimed operation) in the history.
    */
   claim(worker: string, wants: ClaimRequest[], leaseMs: number, now: number): Promise<Operation[]>
   /** Extends the lease while it is held. */

@@ -334,14 +334,14 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
         errorHandler: problemErrorHandler,
         handler: async (request, reply) => {
           const owner = accessOf(request).owner
-          // One submission of an owner at a time checks the quota and inserts: otherwise a burst of
-          // concurrent submissions would all pass the check before any of them was stored.
           const key = idempotencyKeyOf(request.raw.rawHeaders, keyHeaders)
           if (key === undefined && idempotency === 'required') throw idempotencyKeyRequired(keyHeaders[0]!)
           const idempotent =
             key === undefined
               ? undefined
               : { key, fingerprint: fingerprint(request.method, request.url.split('?')[0]!, request.body) }
+          // One submission of an owner at a time checks the quota and inserts: otherwise a burst of
+          // concurrent submissions would all pass the check before any of them was stored.
           return oneAtATime(maxActive === undefined ? undefined : owner, async () => {
             if (maxActive !== undefined) {
               const { total } = await engine.stats({ owner, states: ['queued', 'running'] })

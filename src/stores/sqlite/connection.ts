@@ -119,10 +119,6 @@ export class OperationQuery {
     return values && this.operation(values)
   }
 
-  all(...params: unknown[]): Operation[] {
-    return (this.statement.all(...params) as unknown[][]).map((values) => this.operation(values))
-  }
-
   /** The value of `column` in a raw row of this statement. */
   column(values: unknown[], column: string): unknown {
     return values[this.#at[column]!]
