@@ -86,15 +86,16 @@ export interface Row {
   lease_expires_at: number | null
 }
 
-export interface EventRow {
-  at: number
-  event: HistoryEvent
-  attempt: number
-  worker: string | null
-  actor: string | null
-  has_actor: number
-  error: string | null
-}
+/** A row of `operation_events`: at, event, attempt, worker, actor, has_actor, error. */
+export type EventValues = [
+  at: number,
+  event: HistoryEvent,
+  attempt: number,
+  worker: string | null,
+  actor: string | null,
+  hasActor: number,
+  error: string | null,
+]
 
 /** Where each column of an operation row sits in a statement's raw rows. */
 type Positions = Record<keyof Row, number>

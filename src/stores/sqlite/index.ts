@@ -1,6 +1,7 @@
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type Database from 'better-sqlite3'
+import type { Statement } from 'better-sqlite3'
 import { LongrunError } from '../../core/errors.js'
 import type { Store } from '../../core/store.js'
 import type {
@@ -21,7 +22,7 @@ import type {
   StatsQuery,
   StatsRow,
 } from '../../core/types.js'
-import { migrate, openConnection, operationQueries, statementCache, type EventRow } from './connection.js'
+import { migrate, openConnection, operationQueries, statementCache, type EventValues } from './connection.js'
 import { findIdempotent, SqliteWrites, type Settled, type WriteCall, type WriteMethod } from './writes.js'
 
 export interface SqliteStoreOptions {
@@ -57,6 +58,8 @@ class SqliteStore implements Store {
   readonly #sql: ReturnType<typeof statementCache>
   readonly #ops: ReturnType<typeof operationQueries>
   readonly #writes: SqliteWrites
+  /** Raw rows, in the order of its SELECT: cheaper than an object per row (see OperationQuery). */
+  readonly #history: Statement
   #pending: PendingWrite[] = []
   #flushScheduled = false
   #closing: Promise<void> | undefined
@@ -76,6 +79,11 @@ class SqliteStore implements Store {
     this.#db = db
     this.#sql = statementCache(db)
     this.#ops = operationQueries(db)
+    this.#history = db
+      .prepare(
+        `SELECT at, event, attempt, worker, actor, has_actor, error FROM operation_events WHERE operation_id = ? ORDER BY seq`,
+      )
+      .raw(true)
     this.#writes = new SqliteWrites(db, synchronous)
   }
 
@@ -96,14 +104,12 @@ class SqliteStore implements Store {
   }
 
   async history(id: string): Promise<HistoryEntry[]> {
-    const rows = this.#sql(
-      `SELECT at, event, attempt, worker, actor, has_actor, error FROM operation_events WHERE operation_id = ? ORDER BY seq`,
-    ).all(id) as EventRow[]
-    return rows.map((row) => {
-      const entry: HistoryEntry = { at: row.at, event: row.event, attempt: row.attempt }
-      if (row.worker !== null) entry.worker = row.worker
-      if (row.has_actor === 1) entry.actor = row.actor
-      if (row.error !== null) entry.error = JSON.parse(row.error)
+    const rows = this.#history.all(id) as EventValues[]
+    return rows.map(([at, event, attempt, worker, actor, hasActor, error]) => {
+      const entry: HistoryEntry = { at, event, attempt }
+      if (worker !== null) entry.worker = worker
+      if (hasActor === 1) entry.actor = actor
+      if (error !== null) entry.error = JSON.parse(error)
       return entry
     })
   }
