@@ -3,39 +3,15 @@ import { afterEach, beforeEach, expect, it } from 'vitest'
 import { Engine } from '../src/core/engine.js'
 import { LongrunError } from '../src/core/errors.js'
 import type { StoreNotice } from '../src/core/store.js'
-import type { NewOperation, Operation } from '../src/core/types.js'
+import type { Operation } from '../src/core/types.js'
 import { MIGRATIONS } from '../src/stores/postgres/migrations.js'
 import { postgresStore, type PostgresStore, type PostgresStoreOptions } from '../src/stores/postgres/index.js'
 import { describePostgres, dropSchema, freshSchemaName, sql } from './helpers/postgres.js'
 import { until } from './helpers/child-server.js'
 import { storeContract } from './store-contract.js'
+import { newOp, rejection, T0 } from './helpers/stores.js'
 
-const T0 = 1_700_000_000_000
 const LEASE = 1_000
-
-const newOp = (id: string, overrides: Partial<NewOperation> = {}): NewOperation => ({
-  id,
-  name: 'work',
-  owner: null,
-  input: { id },
-  params: {},
-  query: {},
-  headers: {},
-  maxAttempts: 1,
-  cancelable: true,
-  timeoutMs: null,
-  createdAt: T0,
-  ...overrides,
-})
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (err) {
-    return err
-  }
-  throw new Error('expected a rejection')
-}
 
 describePostgres('postgres store', (url) => {
   // The contract injects every time, leases included: the store must take the caller's clock.

@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { LongrunError } from '../src/core/errors.js'
 import type { Store } from '../src/core/store.js'
 import type { HistoryEntry, IdempotencyKey, Lease, NewOperation, Operation, OperationError } from '../src/core/types.js'
+import { rejection, T0 } from './helpers/stores.js'
 
 /** One opened store under test; `cleanup` runs after the contract has closed the store. */
 export interface OpenedStore {
@@ -10,7 +11,6 @@ export interface OpenedStore {
 }
 
 // Every time below is an injected clock value: the store must never read its own.
-const T0 = 1_700_000_000_000
 const LEASE = 1_000
 const RETAIN = 86_400_000
 
@@ -44,15 +44,6 @@ function newOp(overrides: Partial<NewOperation> = {}): NewOperation {
 const leaseOf = (op: Operation): Lease => ({ id: op.id, attempt: op.attempt, worker: op.worker! })
 
 const ids = (ops: { id: string }[]) => ops.map((op) => op.id)
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (err) {
-    return err
-  }
-  throw new Error('expected a rejection')
-}
 
 /**
  * The conformance suite every `Store` must pass. Compare-and-set semantics are checked through the

@@ -5,11 +5,11 @@ import Database from 'better-sqlite3'
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { LongrunError } from '../src/core/errors.js'
 import type { Store } from '../src/core/store.js'
-import type { NewOperation } from '../src/core/types.js'
 import { memoryStore } from '../src/stores/memory/index.js'
 import { sqliteStore } from '../src/stores/sqlite/index.js'
 import { MIGRATIONS } from '../src/stores/sqlite/migrations.js'
 import { storeContract } from './store-contract.js'
+import { newOp, rejection, T0 } from './helpers/stores.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'longrun-stores-'))
 let files = 0
@@ -37,23 +37,6 @@ storeContract('sqlite (synchronous NORMAL)', async () => ({
 
 storeContract('sqlite (:memory:)', async () => ({ store: sqliteStore({ path: ':memory:' }) }))
 
-const T0 = 1_700_000_000_000
-
-const newOp = (id: string, overrides: Partial<NewOperation> = {}): NewOperation => ({
-  id,
-  name: 'work',
-  owner: null,
-  input: { id },
-  params: {},
-  query: {},
-  headers: {},
-  maxAttempts: 1,
-  cancelable: true,
-  timeoutMs: null,
-  createdAt: T0,
-  ...overrides,
-})
-
 /** This process's open file descriptors on `path` or its WAL/SHM siblings (Linux only). */
 function openFilesUnder(path: string): string[] {
   return readdirSync('/proc/self/fd').flatMap((fd) => {
@@ -64,15 +47,6 @@ function openFilesUnder(path: string): string[] {
       return []
     }
   })
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (err) {
-    return err
-  }
-  throw new Error('expected a rejection')
 }
 
 describe('sqlite store', () => {
