@@ -1,8 +1,17 @@
 import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
+const FRAMEWORKS = ['fastify', 'fastify-*', '@fastify/*', 'express', 'hono']
+const DRIVERS = ['pg', 'better-sqlite3', 'ioredis']
+
+/** Which way imports may point (docs/architecture.md); `madge --circular` in `npm test` checks for cycles. */
+const boundary = (files, patterns, message) => ({
+  files,
+  rules: { '@typescript-eslint/no-restricted-imports': ['error', { patterns: [{ group: patterns, message }] }] },
+})
+
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'data/', 'bench/results/', 'coverage/'] },
+  { ignores: ['dist/', 'node_modules/', 'data/', 'bench/results/', 'bench/.cache/', 'coverage/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -11,4 +20,15 @@ export default tseslint.config(
       '@typescript-eslint/no-empty-function': 'off',
     },
   },
+  boundary(
+    ['src/core/**/*.ts'],
+    [...FRAMEWORKS, ...DRIVERS, 'node:http', 'http', '**/http/**', '**/stores/**', '**/testing/**'],
+    'The core knows no HTTP framework, driver, HTTP layer or store.',
+  ),
+  boundary(
+    ['src/http/*.ts'],
+    [...FRAMEWORKS, ...DRIVERS, '**/adapters/**', '**/stores/**'],
+    'Neutral HTTP files import no framework, adapter, driver or store: that is what adapters/ is for.',
+  ),
+  boundary(['src/stores/**/*.ts'], [...FRAMEWORKS, '**/http/**'], 'Stores know nothing of HTTP.'),
 )

@@ -624,7 +624,10 @@ describe('Engine', () => {
         },
       })
       const events: [string, Progress][] = []
-      engine.on('operation:progress', (id, progress) => events.push([id, progress]))
+      engine.on('operation:progress', (changed, progress) => {
+        expect(changed.progress).toStrictEqual(progress)
+        events.push([changed.id, progress])
+      })
       engine.start()
       const op = await engine.submit('progressing')
       await reported.promise

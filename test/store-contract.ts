@@ -688,7 +688,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         await store.settle(leaseOf(a5), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN }, T0 + LEASE + 19)
         expect(a1.attempt).toBe(1)
 
-        const expected: HistoryEntry[] = [
+        const expected: Omit<HistoryEntry, 'seq'>[] = [
           { at: T0, event: 'started', attempt: 1, worker: 'w1' },
           { at: T0 + LEASE, event: 'lease-lost', attempt: 1, worker: 'w1' },
           { at: T0 + LEASE, event: 'started', attempt: 2, worker: 'w2' },
@@ -702,7 +702,11 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           { at: T0 + LEASE + 18, event: 'started', attempt: 5, worker: 'w2' },
           { at: T0 + LEASE + 19, event: 'succeeded', attempt: 5, worker: 'w2' },
         ]
-        expect(await store.history(op.id)).toStrictEqual(expected)
+        const history = await store.history(op.id)
+        expect(history.map(({ seq: _seq, ...entry }) => entry)).toStrictEqual(expected)
+        const seqs = history.map((entry) => entry.seq)
+        expect(seqs).toEqual([...seqs].sort((a, b) => a - b))
+        expect(new Set(seqs).size).toBe(seqs.length)
       })
 
       it('records a queued cancel with its actor and error', async () => {

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Type } from '@sinclair/typebox'
 import type { FastifyInstance } from 'fastify'
-import { defineAsyncRoute, type AnyAsyncRoute } from 'longrun/fastify'
+import { defineAsyncRoute, type AnyAsyncRoute } from 'longrun/http'
 
 // The four demo tasks of the Node "async task system" seed, as async routes reporting named steps.
 

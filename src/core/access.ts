@@ -1,50 +1,7 @@
 import type { Engine, Stats } from './engine.js'
-import { LongrunError, operationNotFound } from './errors.js'
+import { forbidden, operationNotFound } from './errors.js'
+import { granted, type AccessPolicy, type Permissions, type Principal } from './permissions.js'
 import type { HistoryEntry, ListQuery, Operation, Page, Readable } from './types.js'
-
-/** Who is calling, as the authentication hook found out. */
-export interface Principal {
-  id: string
-  groups?: string[]
-  roles?: string[]
-  scopes?: string[]
-}
-
-/** Who a permission is granted to; anyone matching one entry has it. */
-export interface AccessList {
-  users?: string[]
-  groups?: string[]
-  roles?: string[]
-  scopes?: string[]
-}
-
-/** Per-definition grants beyond the owner, who always may read and write (Pode's model). */
-export interface Permissions {
-  /** Status, result, error, history, list, stats. */
-  read?: AccessList
-  /** Cancel, retry, delete. */
-  write?: AccessList
-}
-
-export interface AccessPolicy {
-  /** Principals with this role may read and write every operation. */
-  adminRole?: string
-}
-
-const forbidden = () =>
-  new LongrunError('forbidden', 403, 'Forbidden', 'You may read this operation but not change it.')
-
-function granted(list: AccessList | undefined, caller: Principal | undefined): boolean {
-  if (!list || !caller) return false
-  const any = (granted: string[] | undefined, held: string[] | undefined) =>
-    granted !== undefined && held !== undefined && held.some((h) => granted.includes(h))
-  return (
-    (list.users?.includes(caller.id) ?? false) ||
-    any(list.groups, caller.groups) ||
-    any(list.roles, caller.roles) ||
-    any(list.scopes, caller.scopes)
-  )
-}
 
 /**
  * The operations as one caller may see and change them. Every read and control action of the
@@ -79,6 +36,12 @@ export class OperationAccess {
     const op = await this.#engine.get(id)
     if (!this.canRead(op)) throw operationNotFound()
     return op
+  }
+
+  /** The operation's events after `after`, progress included, oldest first: what streams read. */
+  async events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]> {
+    await this.get(id)
+    return this.#engine.events(id, range)
   }
 
   /** The operation with its history. */

@@ -1,6 +1,6 @@
 import { toMs, type Duration } from './duration.js'
 import { invalidOption } from './errors.js'
-import type { Permissions } from './access.js'
+import type { Permissions } from './permissions.js'
 import type { Logger } from './logger.js'
 
 export interface RetryPolicy {
@@ -83,7 +83,7 @@ export interface ResolvedDefinition {
 
 const DEFAULTS = {
   concurrency: 2,
-  timeout: '600m', // as in Pode
+  timeout: '600m', // 10 h: generous for jobs measured in minutes, yet a hung handler ends
   retry: { attempts: 1, backoff: 'exponential', delay: '1s', factor: 2, maxDelay: '1h', jitter: true },
 } as const
 

@@ -1,44 +1,21 @@
 import { EventEmitter } from 'node:events'
 import { resolveDefinition, type OperationDefinition, type ResolvedDefinition } from './definition.js'
 import {
-  idempotencyMismatch,
+  idempotencyKeyMismatch,
   invalidOption,
-  notCancelable,
-  notDeletable,
-  notRetryable,
   operationFinished,
+  operationNotCancelable,
+  operationNotFinished,
   operationNotFound,
-  unknownOperationName,
+  operationNotRetryable,
+  unknownOperation,
 } from './errors.js'
+import { safeEmit, type EngineEvents } from './events.js'
+import { canDelete, canRetry, isTerminal, OPERATION_STATES, type OperationState } from './operation.js'
 import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js'
 import { Runner } from './runner.js'
-import type { Store } from './store.js'
-import {
-  isTerminal,
-  OPERATION_STATES,
-  type HistoryEntry,
-  type ListQuery,
-  type NewOperation,
-  type Operation,
-  type OperationState,
-  type Page,
-  type Progress,
-  type Readable,
-  type StatsQuery,
-} from './types.js'
-
-export type EngineEvents = {
-  'operation:queued': [op: Operation]
-  'operation:started': [op: Operation]
-  'operation:progress': [id: string, progress: Progress]
-  'operation:cancel-requested': [op: Operation]
-  /** An attempt failed and the next one is scheduled: the operation is `queued` until `runAt`. */
-  'operation:retrying': [op: Operation]
-  /** The operation ended: `succeeded`, `failed` or `canceled`. */
-  'operation:settled': [op: Operation]
-  /** Another process changed the operation (stores with notices only). */
-  'operation:changed': [id: string]
-}
+import { hasEventLog, type Store } from './store.js'
+import type { HistoryEntry, ListQuery, NewOperation, Operation, Page, Readable, StatsQuery } from './types.js'
 
 export interface SubmitRequest {
   input?: unknown
@@ -47,36 +24,6 @@ export interface SubmitRequest {
   headers?: Record<string, string>
   /** The submitting principal's id. */
   owner?: string | null
-}
-
-/** What one attempt did, from the operation's history. */
-export interface AttemptRecord {
-  attempt: number
-  worker: string
-  startedAt: number
-  endedAt?: number
-  /** Missing while the attempt runs. */
-  outcome?: 'succeeded' | 'failed' | 'canceled' | 'retry-scheduled' | 'released' | 'lease-lost'
-  error?: HistoryEntry['error']
-}
-
-const ATTEMPT_ENDINGS = new Set(['succeeded', 'failed', 'canceled', 'retry-scheduled', 'released', 'lease-lost'])
-
-export function attemptsOf(history: HistoryEntry[]): AttemptRecord[] {
-  const attempts: AttemptRecord[] = []
-  for (const entry of history) {
-    if (entry.event === 'started') {
-      attempts.push({ attempt: entry.attempt, worker: entry.worker ?? '', startedAt: entry.at })
-      continue
-    }
-    const open = attempts.find((a) => a.attempt === entry.attempt && a.outcome === undefined)
-    if (open && ATTEMPT_ENDINGS.has(entry.event)) {
-      open.endedAt = entry.at
-      open.outcome = entry.event as NonNullable<AttemptRecord['outcome']>
-      if (entry.error) open.error = entry.error
-    }
-  }
-  return attempts
 }
 
 // NUL cannot occur in an owner id or a name, so scopes never collide.
@@ -131,9 +78,9 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.store = this.#opts.store
     if (this.#opts.worker) {
       this.#runner = new Runner(this.#opts, this.#definitions, {
-        started: (op) => this.emit('operation:started', op),
-        progressed: (id, progress) => this.emit('operation:progress', id, progress),
-        settled: (op) => this.emit(op.state === 'queued' ? 'operation:retrying' : 'operation:settled', op),
+        started: (op) => this.#emit('operation:started', op),
+        progressed: (op, progress) => this.#emit('operation:progress', op, progress),
+        settled: (op) => this.#emit(op.state === 'queued' ? 'operation:retrying' : 'operation:settled', op),
       })
     }
   }
@@ -166,7 +113,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.#unsubscribe = this.store.subscribe?.((notice) => {
       if (notice.kind === 'queued') this.#runner?.wake()
       else if (notice.kind === 'cancel-requested') this.#runner?.cancelRequested(notice.id)
-      else this.emit('operation:changed', notice.id)
+      else safeEmit(this, this.#opts.logger, 'operation:changed', notice.id)
     })
     this.#runner?.start()
   }
@@ -190,7 +137,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       { ...keyOf(name, request.owner, idempotency), expiresAt: now + this.#opts.idempotencyTtlMs },
       now,
     )
-    if (outcome.kind === 'mismatch') throw idempotencyMismatch()
+    if (outcome.kind === 'mismatch') throw idempotencyKeyMismatch()
     if (outcome.kind === 'inserted') this.#queued(outcome.op)
     return { op: outcome.op, replayed: outcome.kind === 'replayed' }
   }
@@ -206,18 +153,27 @@ export class Engine extends EventEmitter<EngineEvents> {
     idempotency: IdempotencyRequest,
   ): Promise<Operation | undefined> {
     const used = await this.store.findIdempotent(keyOf(name, owner, idempotency), this.#opts.clock())
-    if (used?.kind === 'mismatch') throw idempotencyMismatch()
+    if (used?.kind === 'mismatch') throw idempotencyKeyMismatch()
     return used?.op
   }
 
   #queued(op: Operation): void {
-    this.emit('operation:queued', op)
     this.#runner?.wake()
+    this.#emit('operation:queued', op)
+  }
+
+  /** Emits an operation event, then `operation:changed`; a listener's exception escapes neither. */
+  #emit<K extends Exclude<keyof EngineEvents, 'operation:changed' | 'error'>>(
+    event: K,
+    ...args: EngineEvents[K]
+  ): void {
+    safeEmit(this, this.#opts.logger, event, ...args)
+    safeEmit(this, this.#opts.logger, 'operation:changed', args[0].id)
   }
 
   #newOperation(name: string, request: SubmitRequest): NewOperation {
     const def = this.#definitions.get(name)
-    if (!def) throw unknownOperationName(name)
+    if (!def) throw unknownOperation(name)
     const id = (def.idGenerator ?? this.#opts.idGenerator)()
     if (typeof id !== 'string' || !isValidOperationId(id)) {
       throw invalidOption('idGenerator', 'must return 1-128 URL-safe characters (letters, digits, . _ ~ -)')
@@ -249,19 +205,29 @@ export class Engine extends EventEmitter<EngineEvents> {
     return this.store.history(id)
   }
 
+  /**
+   * The operation's events with `seq > after`, oldest first: its log, progress included. A store
+   * without the event log capability answers from its history (no progress events).
+   */
+  async events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]> {
+    if (hasEventLog(this.store)) return this.store.events(id, range)
+    const after = range.after ?? 0
+    return (await this.store.history(id)).filter((entry) => entry.seq > after).slice(0, range.limit)
+  }
+
   /** Cancels at once when queued, asks the running handler to stop otherwise. Idempotent. */
   async cancel(id: string, actor: string | null = null): Promise<Operation> {
     const op = await this.get(id)
     if (op.state === 'canceled') return op
     if (isTerminal(op.state)) throw operationFinished(op)
-    if (!op.cancelable) throw notCancelable()
+    if (!op.cancelable) throw operationNotCancelable()
     const now = this.#opts.clock()
     const after = await this.store.cancel(id, now, now + this.#opts.retentionMs, actor)
     if (!after) throw operationNotFound()
-    if (after.state === 'canceled' && op.state === 'queued') this.emit('operation:settled', after)
+    if (after.state === 'canceled' && op.state === 'queued') this.#emit('operation:settled', after)
     else if (after.state === 'running' && !op.cancelRequested) {
-      this.emit('operation:cancel-requested', after)
       this.#runner?.cancelRequested(id)
+      this.#emit('operation:cancel-requested', after)
     } else if (after.state === 'succeeded' || after.state === 'failed') throw operationFinished(after)
     return after
   }
@@ -269,10 +235,10 @@ export class Engine extends EventEmitter<EngineEvents> {
   /** Queues a failed or canceled operation again, with a fresh budget of attempts. */
   async retry(id: string, actor: string | null = null): Promise<Operation> {
     const op = await this.get(id)
-    if (op.state !== 'failed' && op.state !== 'canceled') throw notRetryable(op)
+    if (!canRetry(op.state)) throw operationNotRetryable(op)
     const attempts = this.#definitions.get(op.name)?.retry.attempts ?? 1
     const after = await this.store.requeue(id, attempts, this.#opts.clock(), actor)
-    if (!after) throw notRetryable(await this.get(id))
+    if (!after) throw operationNotRetryable(await this.get(id))
     this.#queued(after)
     return after
   }
@@ -319,7 +285,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   /** Removes a finished operation, its result and its history; the deletion itself is logged. */
   async delete(id: string, actor: string | null = null): Promise<void> {
     const op = await this.get(id)
-    if (!isTerminal(op.state)) throw notDeletable(op)
+    if (!canDelete(op.state)) throw operationNotFinished(op)
     if (!(await this.store.delete(id))) throw operationNotFound()
     this.#opts.logger.info({ operationId: id, operation: op.name, actor }, 'longrun: operation deleted')
   }
@@ -360,6 +326,9 @@ export class Engine extends EventEmitter<EngineEvents> {
           await step()
         } catch (err) {
           this.#opts.logger.error({ err }, 'longrun: error while closing')
+          if (this.listenerCount('error') > 0) {
+            safeEmit(this, this.#opts.logger, 'error', err instanceof Error ? err : new Error(String(err)))
+          }
         }
       }
     })()

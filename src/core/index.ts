@@ -1,20 +1,34 @@
-export { attemptsOf, Engine, isValidOperationId } from './engine.js'
-export type {
-  AttemptRecord,
-  EngineEvents,
-  IdempotencyRequest,
-  Stats,
-  StateCounts,
-  Submitted,
-  SubmitRequest,
-} from './engine.js'
+export { Engine, isValidOperationId } from './engine.js'
+export type { IdempotencyRequest, Stats, StateCounts, Submitted, SubmitRequest } from './engine.js'
+export type { EngineEvents } from './events.js'
+export { attemptsOf, type AttemptRecord } from './history.js'
 export type { EngineOptions } from './options.js'
 export { OperationAccess } from './access.js'
-export type { AccessList, AccessPolicy, Permissions, Principal } from './access.js'
+export type { AccessList, AccessPolicy, Permissions, Principal } from './permissions.js'
 export type { OperationContext, OperationDefinition, RetryPolicy } from './definition.js'
 export type { Duration } from './duration.js'
-export { LongrunError, NonRetryableError, PROBLEM_TYPE_PREFIX } from './errors.js'
+export {
+  ERRORS,
+  LongrunError,
+  NonRetryableError,
+  OperationAbortedError,
+  PROBLEM_TYPE_PREFIX,
+  type AbortCause,
+  type ErrorCode,
+  type LongrunErrorOptions,
+} from './errors.js'
 export type { Logger } from './logger.js'
-export { OperationAbortedError, type AbortCause } from './runner.js'
-export type { Store, StoreNotice } from './store.js'
+export { allows, canCancel, canDelete, canRetry, isTerminal, OPERATION_STATES, TRANSITIONS } from './operation.js'
+export type { Action } from './operation.js'
+export { hasEventLog, hasOutbox, isQueryable } from './store.js'
+export type {
+  Condition,
+  DeliveryAttempt,
+  EventLog,
+  Outbox,
+  OutboxMessage,
+  Queryable,
+  Store,
+  StoreNotice,
+} from './store.js'
 export * from './types.js'

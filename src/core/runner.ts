@@ -1,18 +1,17 @@
 import { backoffMs, type OperationContext, type ResolvedDefinition } from './definition.js'
-import { canceledError, isRetryable, operationError, toOperationError } from './errors.js'
+import {
+  canceledError,
+  isRetryable,
+  leaseLostError,
+  OperationAbortedError,
+  resultNotSerializableError,
+  timeoutError,
+  toOperationError,
+  type AbortCause,
+} from './errors.js'
 import type { Logger } from './logger.js'
 import type { ResolvedEngineOptions } from './options.js'
 import type { Lease, Operation, OperationError, Outcome, Progress } from './types.js'
-
-/** Why a run's signal aborted; also `signal.reason.code` as the handler sees it. */
-export type AbortCause = 'cancel' | 'timeout' | 'shutdown' | 'lease-lost'
-
-export class OperationAbortedError extends Error {
-  constructor(readonly code: AbortCause) {
-    super(`Operation aborted: ${code}`)
-    this.name = 'AbortError'
-  }
-}
 
 type Ending =
   | { kind: 'returned'; result: unknown }
@@ -36,7 +35,7 @@ interface Run {
 
 export interface RunnerHooks {
   started(op: Operation): void
-  progressed(id: string, progress: Progress): void
+  progressed(op: Operation, progress: Progress): void
   settled(op: Operation): void
 }
 
@@ -234,7 +233,10 @@ export class Runner {
         const progress: Progress = { percent }
         if (step !== undefined) progress.step = step
         if (description !== undefined) progress.description = description
-        if (await this.#opts.store.progress(lease, progress)) this.#hooks.progressed(op.id, progress)
+        if (await this.#opts.store.progress(lease, progress)) {
+          op.progress = progress
+          this.#hooks.progressed(op, progress)
+        }
       },
     }
   }
@@ -286,8 +288,7 @@ export class Runner {
     const now = this.#opts.clock()
     const expiresAt = now + this.#opts.retentionMs
     if (ending.kind === 'too-many-lease-losses') {
-      const detail = `Its worker stopped ${ending.losses} times while running it (e.g. the process crashed); it is not run again.`
-      return { state: 'failed', error: operationError('lease-lost', 'Lease lost too often', detail), expiresAt }
+      return { state: 'failed', error: leaseLostError(ending.losses), expiresAt }
     }
     switch (run.abortedBy) {
       case 'lease-lost':
@@ -298,11 +299,7 @@ export class Runner {
       case 'cancel':
         return { state: 'canceled', error: canceledError(), expiresAt }
       case 'timeout':
-        return this.#failure(
-          run,
-          operationError('timeout', 'Operation timed out', `The attempt exceeded its ${run.op.timeoutMs} ms timeout.`),
-          true,
-        )
+        return this.#failure(run, timeoutError(run.op.timeoutMs), true)
     }
     if (ending.kind === 'returned') {
       let result: unknown
@@ -310,8 +307,7 @@ export class Runner {
         // Every store keeps the JSON value of the result, never a live object.
         result = JSON.parse(JSON.stringify(ending.result ?? null))
       } catch (err) {
-        const detail = `The handler returned a value that is not JSON-serialisable: ${(err as Error).message}`
-        return this.#failure(run, operationError('result-not-serializable', 'Result not serialisable', detail), false)
+        return this.#failure(run, resultNotSerializableError((err as Error).message), false)
       }
       return { state: 'succeeded', result, expiresAt }
     }

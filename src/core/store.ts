@@ -46,7 +46,7 @@ export interface Store {
   /** What `insertIdempotent` would answer for a live key, without inserting: `undefined` for none. */
   findIdempotent(key: IdempotencyLookup, now: number): Promise<IdempotentUse | undefined>
   get(id: string): Promise<Operation | undefined>
-  /** The operation's history, oldest first (its submission is not an entry: see `createdAt`). */
+  /** The operation's history, oldest first, from its `submitted` event on, without `progress` events. */
   history(id: string): Promise<HistoryEntry[]>
   /** Newest first. */
   list(query: ListQuery): Promise<Page>
@@ -61,7 +61,10 @@ export interface Store {
   claim(worker: string, wants: ClaimRequest[], leaseMs: number, now: number): Promise<Operation[]>
   /** Extends the lease while it is held. */
   heartbeat(lease: Lease, leaseMs: number, now: number): Promise<LeaseStatus>
-  /** Records progress while the lease is held; `false` and no change otherwise. */
+  /**
+   * Records progress while the lease is held, with a `progress` event; `false` and no change
+   * otherwise. A store may coalesce progresses of one lease made close together into the last.
+   */
   progress(lease: Lease, progress: Progress): Promise<boolean>
   /** Records the attempt's outcome while the lease is held; `undefined` and no change otherwise. */
   settle(lease: Lease, outcome: Outcome, now: number): Promise<Operation | undefined>
@@ -91,4 +94,72 @@ export interface Store {
   /** Delivers notices of changes made through other connections; returns the unsubscribe function. */
   subscribe?(listener: (notice: StoreNotice) => void): () => void
   close(): Promise<void>
+}
+
+// Optional capabilities: a store offers each by having its methods, and the engine checks with the
+// guards below, as it does for `subscribe`. The store contract runs each capability's cases only on
+// stores that have it.
+
+/** A store that reads an operation's event log from a point on: what streams resume from. */
+export interface EventLog {
+  /**
+   * The operation's events with `seq > after`, oldest first, at most `limit`: every entry of its
+   * history and its `progress` events, written in the same transaction as the change each reports.
+   */
+  events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]>
+}
+
+export function hasEventLog(store: Store): store is Store & EventLog {
+  return typeof (store as Partial<EventLog>).events === 'function'
+}
+
+/**
+ * A store that keeps messages to send about operations (webhook deliveries) in the same transaction
+ * as the change they report, and hands each to one sender at a time: nothing acknowledged is lost.
+ * No bundled store offers it yet.
+ */
+export interface Outbox {
+  /** Takes up to `limit` due messages for `sender` until `now + leaseMs`. */
+  claimMessages(sender: string, limit: number, leaseMs: number, now: number): Promise<OutboxMessage[]>
+  /** Records a delivery attempt of a claimed message: `retryAt` to try again, none to give up or finish. */
+  recordDelivery(message: OutboxMessage, attempt: DeliveryAttempt, retryAt: number | undefined): Promise<boolean>
+}
+
+export interface OutboxMessage {
+  id: string
+  operationId: string
+  /** The `seq` of the event it reports. */
+  seq: number
+  target: string
+  attempt: number
+  sender: string
+}
+
+export interface DeliveryAttempt {
+  at: number
+  ok: boolean
+  status?: number
+  error?: string
+}
+
+export function hasOutbox(store: Store): store is Store & Outbox {
+  return typeof (store as Partial<Outbox>).claimMessages === 'function'
+}
+
+/** One condition of a query over operations, e.g. `{ field: 'input.customer', op: 'like', value: 'acme*' }`. */
+export interface Condition {
+  /** A field of the operation, or `input.` and a path into its input. */
+  field: string
+  op: 'eq' | 'ne' | 'gt' | 'lt' | 'ge' | 'le' | 'like' | 'notlike'
+  value: string | number | boolean | null
+}
+
+/** A store that filters operations by conditions itself, rather than the caller loading them all. */
+export interface Queryable {
+  /** Like `list`, keeping only operations that meet every condition. */
+  query(query: ListQuery & { where: Condition[] }): Promise<Page>
+}
+
+export function isQueryable(store: Store): store is Store & Queryable {
+  return typeof (store as Partial<Queryable>).query === 'function'
 }

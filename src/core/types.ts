@@ -9,15 +9,9 @@
  * - store: where operations live; the engine's only view of storage.
  */
 
-export type OperationState = 'queued' | 'running' | 'succeeded' | 'failed' | 'canceled'
+import type { OperationState } from './operation.js'
 
-export const OPERATION_STATES: readonly OperationState[] = ['queued', 'running', 'succeeded', 'failed', 'canceled']
-
-export type TerminalState = 'succeeded' | 'failed' | 'canceled'
-
-export function isTerminal(state: OperationState): state is TerminalState {
-  return state === 'succeeded' || state === 'failed' || state === 'canceled'
-}
+export type { OperationState, TerminalState } from './operation.js'
 
 export interface Progress {
   /** 0 to 100. */
@@ -146,9 +140,9 @@ export interface StatsRow {
   count: number
 }
 
-/** What happened to an operation, in the order it happened: the audit trail and attempt history. */
+/** What happened to an operation, in the order it happened: its event log, audit trail and attempt history. */
 export type HistoryEvent =
-  /** Only in views: stores do not record it (the operation's `createdAt` and `owner` say it). */
+  /** Stored with the operation; `actor` is its owner. */
   | 'submitted'
   | 'started'
   | 'succeeded'
@@ -163,8 +157,15 @@ export type HistoryEvent =
   | 'cancel-requested'
   /** A manual retry queued it again. */
   | 'retried'
+  /** The running attempt reported progress (in the event log only: see `Store.history`). */
+  | 'progress'
 
 export interface HistoryEntry {
+  /**
+   * Increases with each event of the operation, in the order the changes were committed: the id
+   * of the event in streams. Not dense, and not comparable across operations.
+   */
+  seq: number
   at: number
   event: HistoryEvent
   /** The attempt the event belongs to (the last one for requests made between attempts). */
@@ -174,6 +175,8 @@ export interface HistoryEntry {
   /** Who asked, for cancel and retry requests (`null`: anonymous). */
   actor?: string | null
   error?: OperationError
+  /** What the attempt reported, for `progress` events. */
+  progress?: Progress
 }
 
 /** An idempotency key as stored: unique per `scope` (caller and route) until `expiresAt`. */

@@ -1,21 +1,19 @@
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import type { FastifyRequest } from 'fastify'
 import { createLocalJWKSet, importSPKI, jwtVerify, type JWTPayload } from 'jose'
-import type { Principal } from '../core/access.js'
 import { invalidOption, LongrunError } from '../core/errors.js'
+import type { Principal } from '../core/permissions.js'
+import { headerOf, type RequestHead } from './request.js'
 
 /**
  * Finds out who sent a request: a principal, or `undefined` when the request carries no
  * credentials. Credentials that are present but wrong should throw `unauthorized(...)`.
  */
-export type Authenticate = (request: FastifyRequest) => Principal | undefined | Promise<Principal | undefined>
+export type Authenticate = (request: RequestHead) => Principal | undefined | Promise<Principal | undefined>
 
 /** A 401 problem; `challenge` becomes the `WWW-Authenticate` header. */
 export function unauthorized(detail: string, challenge = 'Bearer realm="longrun"'): LongrunError {
-  const err = new LongrunError('unauthorized', 401, 'Unauthorized', detail)
-  err.headers['www-authenticate'] = challenge
-  return err
+  return new LongrunError('unauthorized', detail, { headers: { 'www-authenticate': challenge } })
 }
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('base64url')
@@ -65,7 +63,7 @@ export function jwtAuth(options: JwtAuthOptions): Authenticate {
   }
   const challenge = (error: string) => `Bearer realm="longrun", error="${error}"`
   return async (request) => {
-    const header = request.headers.authorization
+    const header = headerOf(request, 'authorization')
     if (header === undefined) return undefined
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header)
     if (!match) throw unauthorized('Send a bearer token: Authorization: Bearer <token>.', challenge('invalid_request'))
@@ -119,14 +117,14 @@ export interface SessionAuthOptions {
 }
 
 /**
- * The Node task system's session isolation: every caller is the principal `session:<hash of its
+ * Session isolation: every caller is the principal `session:<hash of its
  * key>`, or `ip:<hash of its address>`. Not authentication - anyone who knows a key is its session -
  * but it keeps callers' operations apart.
  */
 export function sessionAuth(options: SessionAuthOptions = {}): Authenticate {
   const header = (options.header ?? 'x-session-key').toLowerCase()
   return (request) => {
-    const fromHeader = request.headers[header]
+    const fromHeader = headerOf(request, header)
     const key = typeof fromHeader === 'string' && fromHeader !== '' ? fromHeader : cookie(request, options.cookie)
     if (key !== undefined) return { id: `session:${sha256(key).slice(0, 22)}` }
     if (options.fallbackToIp ?? true) return { id: `ip:${sha256(request.ip).slice(0, 22)}` }
@@ -134,9 +132,10 @@ export function sessionAuth(options: SessionAuthOptions = {}): Authenticate {
   }
 }
 
-function cookie(request: FastifyRequest, name: string | undefined): string | undefined {
-  if (name === undefined || request.headers.cookie === undefined) return undefined
-  for (const part of request.headers.cookie.split(';')) {
+function cookie(request: RequestHead, name: string | undefined): string | undefined {
+  const header = headerOf(request, 'cookie')
+  if (name === undefined || header === undefined) return undefined
+  for (const part of header.split(';')) {
     const eq = part.indexOf('=')
     if (eq !== -1 && part.slice(0, eq).trim() === name) {
       const value = part.slice(eq + 1).trim()

@@ -3,7 +3,7 @@ import { XMLBuilder } from 'fast-xml-parser'
 import { stringify as toYaml } from 'yaml'
 import { LongrunError } from '../core/errors.js'
 
-/** Media types a route may offer its result in (Pode's ResponseContentType). */
+/** Media types a route may offer its result in. */
 export type ResultType = 'application/json' | 'application/xml' | 'application/yaml'
 
 export const RESULT_TYPES: readonly ResultType[] = ['application/json', 'application/xml', 'application/yaml']
@@ -15,15 +15,9 @@ export function negotiate(accept: string | undefined, offered: readonly ResultTy
   if (!accept) return offered[0]!
   const chosen = new Negotiator({ headers: { accept } }).mediaType([...offered])
   if (!chosen) {
-    throw new LongrunError(
-      'not-acceptable',
-      406,
-      'Not acceptable',
-      `The result is available as ${offered.join(', ')}.`,
-      {
-        available: offered,
-      },
-    )
+    throw new LongrunError('not-acceptable', `The result is available as ${offered.join(', ')}.`, {
+      extra: { available: offered },
+    })
   }
   return chosen as ResultType
 }

@@ -11,19 +11,16 @@ export const KEY_RECOMMENDED_HEADER = 'idempotency-key-recommended'
 // Visible ASCII and spaces, as the IETF Idempotency-Key draft's string keys; 255 at most.
 const KEY = /^[\x20-\x7e]{1,255}$/
 
-const invalidKey = (why: string) => new LongrunError('invalid-idempotency-key', 400, 'Invalid idempotency key', why)
+const invalidKey = (why: string) => new LongrunError('invalid-idempotency-key', why)
 
 /**
  * The request's idempotency key, from the first of `headers` it carries; `undefined` without one.
- * `rawHeaders` is Node's flat [name, value, ...] list: it shows a header sent twice, which the
+ * `valuesOf` gives every value of a header as sent: a header sent twice is refused, which the
  * parsed headers would silently join.
  */
-export function idempotencyKeyOf(rawHeaders: string[], headers: readonly string[]): string | undefined {
+export function idempotencyKeyOf(valuesOf: (name: string) => string[], headers: readonly string[]): string | undefined {
   for (const name of headers) {
-    const values: string[] = []
-    for (let i = 0; i < rawHeaders.length; i += 2) {
-      if (rawHeaders[i]!.toLowerCase() === name) values.push(rawHeaders[i + 1]!)
-    }
+    const values = valuesOf(name)
     if (values.length === 0) continue
     if (values.length > 1) throw invalidKey(`Send one ${name} header, not ${values.length}.`)
     const key = values[0]!
@@ -36,8 +33,6 @@ export function idempotencyKeyOf(rawHeaders: string[], headers: readonly string[
 export const idempotencyKeyRequired = (header: string) =>
   new LongrunError(
     'idempotency-key-required',
-    400,
-    'Idempotency key required',
     `This route requires an ${header} header: a unique key per request, reused only to resend the same request.`,
   )
 

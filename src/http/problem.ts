@@ -1,4 +1,4 @@
-import { LongrunError, PROBLEM_TYPE_PREFIX } from '../core/errors.js'
+import { ERRORS, LongrunError, PROBLEM_TYPE_PREFIX, type ErrorCode } from '../core/errors.js'
 import type { Logger } from '../core/logger.js'
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json'
@@ -9,14 +9,20 @@ export interface Problem {
   title: string
   status: number
   detail?: string
-  code: string
+  code: ErrorCode
   [extension: string]: unknown
 }
 
-export function problem(code: string, status: number, title: string, detail?: string, extra?: object): Problem {
+/** The problem of `code`, with the status and title of the catalogue unless `status` is given. */
+export function problem(
+  code: ErrorCode,
+  detail?: string,
+  extra?: object,
+  status: number = ERRORS[code].status,
+): Problem {
   return {
     type: PROBLEM_TYPE_PREFIX + code,
-    title,
+    title: ERRORS[code].title,
     status,
     ...(detail === undefined ? {} : { detail }),
     code,
@@ -24,59 +30,15 @@ export function problem(code: string, status: number, title: string, detail?: st
   }
 }
 
-interface ValidationIssue {
-  instancePath?: string
-  message?: string
-  params?: Record<string, unknown>
-}
-
-interface FrameworkError {
-  code?: string
-  statusCode?: number
-  message?: string
-  validation?: ValidationIssue[]
-  validationContext?: string
-}
-
 /**
- * Maps anything thrown while serving a request to a problem. Framework errors keep their 4xx status
- * under a stable code; anything unexpected is a 500 whose details go to the log, not the client.
+ * Maps anything thrown while serving a request to a problem: a LongrunError as it says, anything
+ * else as a 500 whose details go to the log, not the client. Adapters map their framework's own
+ * errors first.
  */
 export function toProblem(err: unknown, log?: Logger): Problem {
-  if (err instanceof LongrunError) {
-    return problem(err.code, err.status, err.title, err.message, err.extra)
-  }
-  const e = (typeof err === 'object' && err !== null ? err : {}) as FrameworkError
-  if (Array.isArray(e.validation)) {
-    const where = e.validationContext ?? 'body'
-    const errors = e.validation.map((issue) => ({
-      path: issue.instancePath || '/',
-      message: issue.message ?? 'is invalid',
-      ...(issue.params?.additionalProperty ? { property: issue.params.additionalProperty } : {}),
-    }))
-    return where === 'body'
-      ? problem('invalid-body', 422, 'Invalid request body', 'The request body does not match the schema.', { errors })
-      : problem(`invalid-${where}`, 400, 'Invalid request', `The request ${where} does not match the schema.`, {
-          errors,
-        })
-  }
-  switch (e.code) {
-    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-      return problem('unsupported-media-type', 415, 'Unsupported media type', 'Send the body as application/json.')
-    case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return problem('body-too-large', 413, 'Body too large', 'The request body exceeds the size limit.')
-    case 'FST_ERR_BAD_URL':
-      return problem('bad-url', 400, 'Bad URL', 'The URL is not validly percent-encoded.')
-    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
-    case 'FST_ERR_CTP_INVALID_JSON_BODY':
-      return problem('malformed-json', 400, 'Malformed JSON', e.message)
-  }
-  if (err instanceof SyntaxError && e.statusCode === 400) {
-    return problem('malformed-json', 400, 'Malformed JSON', err.message)
-  }
-  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
-    return problem('bad-request', e.statusCode, 'Bad request', e.message)
-  }
+  if (err instanceof LongrunError) return problem(err.code, err.message, err.extra)
   log?.error({ err }, 'longrun: unexpected error while serving a request')
-  return problem('internal-error', 500, 'Internal error', 'The server failed to handle the request.')
+  return problem('internal-error', 'The server failed to handle the request.')
 }
+
+export const routeNotFound = (method: string, path: string) => problem('route-not-found', `No route ${method} ${path}.`)

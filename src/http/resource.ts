@@ -1,7 +1,8 @@
-import { attemptsOf } from '../core/engine.js'
+import { attemptsOf } from '../core/history.js'
+import { isTerminal } from '../core/operation.js'
 import type { HistoryEntry, Operation, OperationError } from '../core/types.js'
 
-/** The operation as clients see it (DESIGN §2): camelCase, ISO 8601 UTC times, links. */
+/** The operation as clients see it (docs/protocol.md): camelCase, ISO 8601 UTC times, links. */
 export interface OperationResource {
   id: string
   name: string
@@ -31,7 +32,7 @@ export interface OperationResource {
     error?: OperationError
   }[]
   /** Only on the single-operation view: who did what, oldest first. */
-  history?: (Omit<HistoryEntry, 'at'> & { at: string })[]
+  history?: (Omit<HistoryEntry, 'at' | 'seq' | 'progress'> & { at: string })[]
 }
 
 export interface ResourceOptions {
@@ -43,10 +44,6 @@ const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).
 
 export function operationUrl(basePath: string, id: string): string {
   return `${basePath}/${encodeURIComponent(id)}`
-}
-
-export function isDone(op: Operation): boolean {
-  return op.state === 'succeeded' || op.state === 'failed' || op.state === 'canceled'
 }
 
 export function publicError(error: OperationError, exposeStack: boolean): OperationError {
@@ -61,7 +58,7 @@ export function toResource(op: Operation, options: ResourceOptions): OperationRe
     id: op.id,
     name: op.name,
     state: op.state,
-    done: isDone(op),
+    done: isTerminal(op.state),
     owner: op.owner,
     progress: op.progress,
     createdAt: iso(op.createdAt)!,
@@ -104,10 +101,11 @@ export function toDetailedResource(
     if (a.error) attempt.error = publicError(a.error, options.exposeStack)
     return attempt
   })
-  const shown: NonNullable<OperationResource['history']> = [
-    { at: resource.createdAt, event: 'submitted', attempt: 0, actor: op.owner },
-  ]
-  for (const { at, error, ...entry } of history) {
+  const shown: NonNullable<OperationResource['history']> = []
+  // Operations stored before submissions were recorded have no `submitted` entry: show one anyway.
+  if (history[0]?.event !== 'submitted')
+    shown.push({ at: resource.createdAt, event: 'submitted', attempt: 0, actor: op.owner })
+  for (const { at, error, seq: _seq, progress: _progress, ...entry } of history) {
     const item: NonNullable<OperationResource['history']>[number] = { ...entry, at: iso(at)! }
     if (error) item.error = publicError(error, options.exposeStack)
     shown.push(item)

@@ -1,4 +1,5 @@
 import { canceledError, duplicateOperationId } from '../../core/errors.js'
+import { isTerminal } from '../../core/operation.js'
 import type { Store } from '../../core/store.js'
 import type {
   ClaimRequest,
@@ -38,6 +39,7 @@ class MemoryStore implements Store {
   // Queued and running operations by name: claims look at these only, however many finished ones are kept.
   readonly #live = new Map<string, Set<Operation>>()
   #seq = 0
+  #eventSeq = 0
 
   async insert(input: NewOperation): Promise<Operation> {
     return this.#insert(input)
@@ -281,7 +283,8 @@ class MemoryStore implements Store {
     }
   }
 
-  #record(op: Operation, entry: HistoryEntry): void {
+  #record(op: Operation, event: Omit<HistoryEntry, 'seq'>): void {
+    const entry = { seq: ++this.#eventSeq, ...event }
     const history = this.#history.get(op.id)
     if (history) history.push(entry)
     else this.#history.set(op.id, [entry])
@@ -299,6 +302,4 @@ function isReadable(op: Operation, readable: Readable | undefined): boolean {
   return !readable || readable.owners.includes(op.owner) || readable.names.includes(op.name)
 }
 
-function isFinished(op: Operation): boolean {
-  return op.state === 'succeeded' || op.state === 'failed' || op.state === 'canceled'
-}
+const isFinished = (op: Operation) => isTerminal(op.state)

@@ -1,6 +1,14 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
-import { canceledError, duplicateOperationId, invalidOption, LongrunError, operationError } from '../../core/errors.js'
+import {
+  canceledError,
+  duplicateOperationId,
+  invalidOption,
+  LongrunError,
+  operationError,
+  schemaTooNew,
+  storeClosed,
+} from '../../core/errors.js'
 import { silentLogger, type Logger } from '../../core/logger.js'
 import type { Store, StoreNotice } from '../../core/store.js'
 import type {
@@ -100,6 +108,7 @@ interface Row {
 }
 
 interface EventRow {
+  seq: number | string
   at: number
   event: HistoryEvent
   attempt: number
@@ -326,7 +335,7 @@ class PgStore implements PostgresStore {
   async history(id: string): Promise<HistoryEntry[]> {
     const rows = await this.#run<EventRow>(this.#sql.history, [id])
     return rows.map((row) => {
-      const entry: HistoryEntry = { at: row.at, event: row.event, attempt: row.attempt }
+      const entry: HistoryEntry = { seq: Number(row.seq), at: row.at, event: row.event, attempt: row.attempt }
       if (row.worker !== null) entry.worker = row.worker
       if (row.has_actor) entry.actor = row.actor
       if (row.error !== null) entry.error = row.error
@@ -596,12 +605,7 @@ class PgStore implements PostgresStore {
       const current = rows[0]?.version ?? 0
       const latest = MIGRATIONS[MIGRATIONS.length - 1]!.version
       if (current > latest) {
-        throw new LongrunError(
-          'schema-too-new',
-          500,
-          'Schema too new',
-          `The database schema '${this.schema}' is at version ${current}; this longrun knows up to ${latest}. Upgrade longrun.`,
-        )
+        throw schemaTooNew(` '${this.schema}'`, current, latest)
       }
       for (const migration of MIGRATIONS) {
         if (migration.version <= current) continue
@@ -765,7 +769,7 @@ function statements(schema: string, leaseClock: 'database' | 'caller') {
 
     get: `SELECT * FROM ${ops} WHERE id = $1`,
 
-    history: `SELECT at, event, attempt, worker, actor, has_actor, error FROM ${events} WHERE operation_id = $1 ORDER BY seq`,
+    history: `SELECT seq, at, event, attempt, worker, actor, has_actor, error FROM ${events} WHERE operation_id = $1 ORDER BY seq`,
 
     // $1 names, $2 limits, $3 worker, $4 now, $5 leaseMs. Every name in one statement: operations
     // of dead workers first (they have waited longest), then due ones, oldest first. SKIP LOCKED
@@ -965,8 +969,6 @@ function newRow(op: NewOperation) {
   }
 }
 
-const storeClosed = () => new LongrunError('store-closed', 503, 'Store closed', 'The store is closed.')
-
 /** Maps the driver's errors that callers can act on to longrun's; passes the others through. */
 function storeError(err: unknown): unknown {
   const { code, constraint } = err as { code?: string; constraint?: string }
@@ -990,11 +992,10 @@ function isDataError(err: unknown): boolean {
 const unsupportedValue = (cause?: unknown) =>
   new LongrunError(
     'unsupported-value',
-    422,
-    'Unsupported value',
     'The PostgreSQL store cannot keep the character U+0000 (NUL) in text or JSON.',
-    {},
-    cause === undefined ? undefined : { cause },
+    {
+      cause,
+    },
   )
 
 /** The same text with U+0000 written as U+FFFD, for what is only shown (progress, errors). */

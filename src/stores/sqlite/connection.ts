@@ -1,5 +1,5 @@
 import Database, { type Statement } from 'better-sqlite3'
-import { LongrunError } from '../../core/errors.js'
+import { schemaTooNew } from '../../core/errors.js'
 import type { HistoryEvent, Operation, OperationState } from '../../core/types.js'
 import { MIGRATIONS } from './migrations.js'
 
@@ -26,12 +26,7 @@ export function migrate(db: Database.Database): void {
   const current = db.pragma('user_version', { simple: true }) as number
   const latest = MIGRATIONS[MIGRATIONS.length - 1]!.version
   if (current > latest) {
-    throw new LongrunError(
-      'schema-too-new',
-      500,
-      'Schema too new',
-      `The database schema is at version ${current}; this longrun knows up to ${latest}. Upgrade longrun.`,
-    )
+    throw schemaTooNew('', current, latest)
   }
   for (const migration of MIGRATIONS) {
     if (migration.version <= current) continue
@@ -88,6 +83,7 @@ export interface Row {
 
 /** A row of `operation_events`: at, event, attempt, worker, actor, has_actor, error. */
 export type EventValues = [
+  seq: number,
   at: number,
   event: HistoryEvent,
   attempt: number,

@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type Database from 'better-sqlite3'
 import type { Statement } from 'better-sqlite3'
-import { LongrunError } from '../../core/errors.js'
+import { storeClosed } from '../../core/errors.js'
 import type { Store } from '../../core/store.js'
 import type {
   ClaimRequest,
@@ -81,7 +81,7 @@ class SqliteStore implements Store {
     this.#ops = operationQueries(db)
     this.#history = db
       .prepare(
-        `SELECT at, event, attempt, worker, actor, has_actor, error FROM operation_events WHERE operation_id = ? ORDER BY seq`,
+        `SELECT seq, at, event, attempt, worker, actor, has_actor, error FROM operation_events WHERE operation_id = ? ORDER BY seq`,
       )
       .raw(true)
     this.#writes = new SqliteWrites(db, synchronous)
@@ -105,8 +105,8 @@ class SqliteStore implements Store {
 
   async history(id: string): Promise<HistoryEntry[]> {
     const rows = this.#history.all(id) as EventValues[]
-    return rows.map(([at, event, attempt, worker, actor, hasActor, error]) => {
-      const entry: HistoryEntry = { at, event, attempt }
+    return rows.map(([seq, at, event, attempt, worker, actor, hasActor, error]) => {
+      const entry: HistoryEntry = { seq, at, event, attempt }
       if (worker !== null) entry.worker = worker
       if (hasActor === 1) entry.actor = actor
       if (error !== null) entry.error = JSON.parse(error)
@@ -234,5 +234,3 @@ function filters(query: StatsQuery): { where: string[]; args: unknown[] } {
   }
   return { where, args }
 }
-
-const storeClosed = () => new LongrunError('store-closed', 503, 'Store closed', 'The store is closed.')

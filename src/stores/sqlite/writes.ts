@@ -279,7 +279,7 @@ export class SqliteWrites {
     return ids.length
   }
 
-  #record(id: string, entry: HistoryEntry): void {
+  #record(id: string, entry: Omit<HistoryEntry, 'seq'>): void {
     this.#sql(
       `INSERT INTO operation_events (operation_id, at, event, attempt, worker, actor, has_actor, error)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,

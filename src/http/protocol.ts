@@ -1,8 +1,16 @@
-import type { OperationAccess } from '../core/access.js'
+import { OperationAccess } from '../core/access.js'
+import type { Engine } from '../core/engine.js'
 import { LongrunError } from '../core/errors.js'
-import { OPERATION_STATES, type Operation, type OperationState } from '../core/types.js'
-import { negotiate, serialize, type ResultType } from './formats.js'
-import { isDone, operationUrl, publicError, toDetailedResource, toResource, type ResourceOptions } from './resource.js'
+import { isTerminal, OPERATION_STATES, type OperationState } from '../core/operation.js'
+import type { Principal } from '../core/permissions.js'
+import type { Operation } from '../core/types.js'
+import { unauthorized } from './auth.js'
+import { negotiate, serialize } from './formats.js'
+import type { ResolvedProtocolOptions } from './options.js'
+import type { RequestHead } from './request.js'
+import { operationUrl, publicError, toDetailedResource, toResource } from './resource.js'
+import { resolveAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema, type ResolvedAsyncRoute } from './route.js'
+import { Submitter, type SubmitParts } from './submit.js'
 
 /** A framework-neutral answer: adapters copy it onto their own reply object. */
 export interface HttpReply {
@@ -12,31 +20,61 @@ export interface HttpReply {
   body?: unknown
 }
 
-export interface ProtocolOptions extends ResourceOptions {
-  /** Seconds a client should wait before polling again. */
-  retryAfterSeconds: number
-  /** Page size when the client asks for none. */
-  defaultPageSize: number
-  /** Larger requested pages are cut to this. */
-  maxPageSize: number
-  /** Media types each operation name offers its result in; JSON when absent. */
-  resultTypes: (name: string) => readonly ResultType[]
-}
-
 const JSON_TYPE = 'application/json; charset=utf-8'
 const CURSOR = /^[A-Za-z0-9_-]{1,200}$/
 
 /**
- * The operations API of DESIGN §2, independent of any HTTP framework: each method takes what the
- * request carries and returns the reply, or throws a LongrunError that the adapter turns into a problem.
- * Operations are reached only through the caller's `OperationAccess`, never through the engine: no
- * endpoint can skip the permission check.
+ * The HTTP protocol of docs/protocol.md, independent of any HTTP framework: each method takes what
+ * the request carries and returns the reply, or throws a LongrunError that the adapter turns into a
+ * problem. Operations are reached only through the caller's `OperationAccess` (`accessFor`), never
+ * through the engine: no endpoint can skip the permission check. An adapter authenticates each
+ * request, then calls the endpoint its route table (`routes.ts`) names.
  */
 export class OperationsProtocol {
-  readonly #opts: ProtocolOptions
+  readonly engine: Engine
+  readonly options: ResolvedProtocolOptions
+  readonly #submitter: Submitter
+  readonly #routes = new Map<string, ResolvedAsyncRoute>()
 
-  constructor(options: ProtocolOptions) {
-    this.#opts = options
+  constructor(engine: Engine, options: ResolvedProtocolOptions) {
+    this.engine = engine
+    this.options = options
+    this.#submitter = new Submitter(engine, options)
+  }
+
+  /** Checks an async route and defines its operation on the engine; the adapter then serves it. */
+  addRoute<S extends AsyncRouteSchema, Result, Args>(route: AsyncRouteOptions<S, Result, Args>): ResolvedAsyncRoute {
+    const resolved = resolveAsyncRoute(route)
+    this.engine.define(resolved.definition)
+    this.#routes.set(resolved.name, resolved)
+    return resolved
+  }
+
+  /** The async routes added so far. */
+  routes(): ResolvedAsyncRoute[] {
+    return [...this.#routes.values()]
+  }
+
+  /**
+   * The caller of a request, by the `authenticate` option; `undefined` for an anonymous one.
+   * Throws `unauthorized` for refused credentials, or for none where anonymous callers are not served.
+   */
+  async authenticate(head: RequestHead): Promise<Principal | undefined> {
+    const principal = await this.options.authenticate?.(head)
+    if (!principal && !this.options.allowAnonymous)
+      throw unauthorized('This API needs credentials.', this.options.challenge)
+    return principal ?? undefined
+  }
+
+  /** The operations as `caller` may see and change them: what every endpoint takes. */
+  accessFor(caller: Principal | undefined): OperationAccess {
+    return new OperationAccess(this.engine, caller, this.options.policy)
+  }
+
+  /** `POST <route>`: stores the operation, then answers 202. */
+  async submit(access: OperationAccess, route: ResolvedAsyncRoute, parts: SubmitParts): Promise<HttpReply> {
+    const { op, headers } = await this.#submitter.submit(access, route, parts)
+    return this.accepted(op, headers)
   }
 
   /** 202 for a just-accepted (or re-queued) operation. */
@@ -45,43 +83,39 @@ export class OperationsProtocol {
       status: 202,
       headers: {
         'content-type': JSON_TYPE,
-        location: operationUrl(this.#opts.basePath, op.id),
-        'retry-after': String(this.#opts.retryAfterSeconds),
+        location: operationUrl(this.options.basePath, op.id),
+        'retry-after': String(this.options.retryAfterSeconds),
         ...headers,
       },
-      body: toResource(op, this.#opts),
+      body: toResource(op, this.options),
     }
   }
 
   async status(access: OperationAccess, id: string): Promise<HttpReply> {
     const { op, history } = await access.details(id)
-    return { status: 200, headers: this.#headers(op), body: toDetailedResource(op, history, this.#opts) }
+    return { status: 200, headers: this.#headers(op), body: toDetailedResource(op, history, this.options) }
   }
 
   async result(access: OperationAccess, id: string, accept: string | undefined): Promise<HttpReply> {
     const op = await access.get(id)
     if (op.state === 'succeeded') {
-      const type = negotiate(accept, this.#opts.resultTypes(op.name))
+      const type = negotiate(accept, this.#routes.get(op.name)?.resultTypes ?? ['application/json'])
       return {
         status: 200,
         headers: { 'content-type': `${type}; charset=utf-8`, vary: 'Accept' },
         body: serialize(op.result, type),
       }
     }
-    if (!isDone(op)) {
-      throw new LongrunError('operation-not-done', 409, 'Operation not done', `The operation is '${op.state}'.`, {
-        state: op.state,
-        retryAfter: this.#opts.retryAfterSeconds,
+    if (!isTerminal(op.state)) {
+      throw new LongrunError('operation-not-done', `The operation is '${op.state}'.`, {
+        extra: { state: op.state, retryAfter: this.options.retryAfterSeconds },
       })
     }
     throw new LongrunError(
-      `operation-${op.state}`,
-      409,
-      `Operation ${op.state}`,
+      op.state === 'failed' ? 'operation-failed' : 'operation-canceled',
       `The operation ended '${op.state}'.`,
       {
-        state: op.state,
-        ...(op.error ? { error: publicError(op.error, this.#opts.exposeStack) } : {}),
+        extra: { state: op.state, ...(op.error ? { error: publicError(op.error, this.options.exposeStack) } : {}) },
       },
     )
   }
@@ -89,14 +123,12 @@ export class OperationsProtocol {
   async error(access: OperationAccess, id: string): Promise<HttpReply> {
     const op = await access.get(id)
     if (op.state !== 'failed' || !op.error) {
-      throw new LongrunError('no-error', 404, 'No error', `The operation is '${op.state}', not failed.`, {
-        state: op.state,
-      })
+      throw new LongrunError('no-error', `The operation is '${op.state}', not failed.`, { extra: { state: op.state } })
     }
     return {
       status: 200,
       headers: { 'content-type': JSON_TYPE },
-      body: { id: op.id, state: op.state, attempt: op.attempt, error: publicError(op.error, this.#opts.exposeStack) },
+      body: { id: op.id, state: op.state, attempt: op.attempt, error: publicError(op.error, this.options.exposeStack) },
     }
   }
 
@@ -119,11 +151,11 @@ export class OperationsProtocol {
     const cursorText = single(query.cursor, 'cursor')
     const cursor = cursorText === undefined ? undefined : decodeCursor(cursorText)
     const limitText = single(query.limit, 'limit')
-    let limit = this.#opts.defaultPageSize
+    let limit = this.options.defaultPageSize
     if (limitText !== undefined) {
       limit = Number(limitText)
       if (!/^\d+$/.test(limitText) || limit < 1) throw invalidQuery('limit', 'must be a positive integer')
-      limit = Math.min(limit, this.#opts.maxPageSize)
+      limit = Math.min(limit, this.options.maxPageSize)
     }
     const page = await access.list({
       ...(states ? { states } : {}),
@@ -135,7 +167,7 @@ export class OperationsProtocol {
       status: 200,
       headers: { 'content-type': JSON_TYPE },
       body: {
-        items: page.items.map((op) => toResource(op, this.#opts)),
+        items: page.items.map((op) => toResource(op, this.options)),
         nextCursor: page.nextCursor === undefined ? null : encodeCursor(page.nextCursor),
       },
     }
@@ -167,21 +199,21 @@ export class OperationsProtocol {
   }
 
   #resource(op: Operation): HttpReply {
-    return { status: 200, headers: this.#headers(op), body: toResource(op, this.#opts) }
+    return { status: 200, headers: this.#headers(op), body: toResource(op, this.options) }
   }
 
   #headers(op: Operation): Record<string, string> {
     const headers: Record<string, string> = { 'content-type': JSON_TYPE }
-    if (!isDone(op)) headers['retry-after'] = String(this.#opts.retryAfterSeconds)
+    if (!isTerminal(op.state)) headers['retry-after'] = String(this.options.retryAfterSeconds)
     return headers
   }
 }
 
 const invalidFilter = (field: string, why: string) =>
-  new LongrunError('invalid-body', 422, 'Invalid request body', `Field '${field}' ${why}.`, { field })
+  new LongrunError('invalid-body', `Field '${field}' ${why}.`, { extra: { field } })
 
 const invalidQuery = (parameter: string, why: string) =>
-  new LongrunError('invalid-query', 400, 'Invalid query', `Query parameter '${parameter}' ${why}.`, { parameter })
+  new LongrunError('invalid-query', `Query parameter '${parameter}' ${why}.`, { extra: { parameter } })
 
 // Clients get the store's cursor wrapped, so that a cursor the API never issued is refused here
 // rather than passed to the store, which may read it as anything (an empty page, the first page).

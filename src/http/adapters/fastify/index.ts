@@ -1,0 +1,189 @@
+import rateLimit from '@fastify/rate-limit'
+import type {
+  FastifyInstance,
+  FastifyReply,
+  FastifyRequest,
+  HTTPMethods,
+  onRequestHookHandler,
+  preParsingAsyncHookHandler,
+} from 'fastify'
+import fp from 'fastify-plugin'
+import type { Principal } from '../../../core/permissions.js'
+import { Engine } from '../../../core/engine.js'
+import { LongrunError } from '../../../core/errors.js'
+import type { EngineOptions } from '../../../core/options.js'
+import { resolveProtocolOptions, type ProtocolOptions } from '../../options.js'
+import { OperationsProtocol, type HttpReply } from '../../protocol.js'
+import type { AsyncRouteOptions, AsyncRouteSchema } from '../../route.js'
+import { matchOperationRoute, OPERATION_ROUTES, type OperationRoute } from '../../routes.js'
+import { assertJsonBody } from '../../submit.js'
+import { problemErrorHandler, problemNotFoundHandler } from './errors.js'
+import { validatorCompiler } from './validation.js'
+
+export interface LongrunPluginOptions extends ProtocolOptions, Omit<EngineOptions, 'logger'> {}
+
+export interface Longrun {
+  readonly engine: Engine
+  /** Declares an async route: validate, store, answer 202; a worker runs `handler` later. */
+  route<S extends AsyncRouteSchema, Result, Args = undefined>(options: AsyncRouteOptions<S, Result, Args>): void
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    longrun: Longrun
+  }
+}
+
+function send(reply: FastifyReply, answer: HttpReply): FastifyReply {
+  reply.code(answer.status).headers(answer.headers)
+  if (answer.body === undefined) return reply.send()
+  return reply.send(typeof answer.body === 'string' ? answer.body : JSON.stringify(answer.body))
+}
+
+/** Node's flat [name, value, ...] list shows a header sent twice, which the parsed headers join. */
+const valuesOf = (request: FastifyRequest) => (name: string) => {
+  const raw = request.raw.rawHeaders
+  const values: string[] = []
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === name) values.push(raw[i + 1]!)
+  return values
+}
+
+const jsonBodiesOnly: preParsingAsyncHookHandler = async (request) => assertJsonBody(request.headers['content-type'])
+
+async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Promise<void> {
+  const opts = resolveProtocolOptions(options)
+  const engine = new Engine({ ...options, logger: app.log })
+  const protocol = new OperationsProtocol(engine, opts)
+
+  // Who sent each request, found once by `authenticate` below; requests are never reused.
+  const callers = new WeakMap<FastifyRequest, Principal>()
+
+  if (opts.rateLimit) {
+    await app.register(rateLimit, {
+      global: false,
+      // After authentication, before the body is read: callers are counted by principal.
+      hook: 'preParsing',
+      keyGenerator: (request) => callers.get(request)?.id ?? `ip:${request.ip}`,
+      errorResponseBuilder: (_request, context) =>
+        Object.assign(
+          new LongrunError('rate-limited', `At most ${context.max} requests per ${context.after}.`, {
+            extra: { retryAfter: Math.max(1, Math.ceil(context.ttl / 1000)) },
+          }),
+          { statusCode: 429 },
+        ),
+    })
+  }
+  // One counter per caller across all of longrun's routes. A route's `config.rateLimit` would give each
+  // route a counter of its own, letting a caller make `max` requests on every route.
+  const limit = opts.rateLimit ? app.rateLimit(opts.rateLimit) : undefined
+  const limited: preParsingAsyncHookHandler[] = limit
+    ? [
+        async function (request, reply) {
+          await limit.call(this, request, reply)
+        },
+      ]
+    : []
+
+  const authenticate: onRequestHookHandler = async (request, reply) => {
+    try {
+      const principal = await protocol.authenticate(request)
+      if (principal) callers.set(request, principal)
+    } catch (err) {
+      // Refused credentials count against the client's address: guessing keys or tokens is limited too.
+      if (limit && err instanceof LongrunError && err.status === 401) await limit.call(app, request, reply)
+      throw err
+    }
+  }
+  const accessOf = (request: FastifyRequest) => protocol.accessFor(callers.get(request))
+
+  app.decorate('longrun', {
+    engine,
+    route(options) {
+      const route = protocol.addRoute(options)
+      app.route({
+        method: route.method as HTTPMethods,
+        url: route.url,
+        schema: route.schema,
+        bodyLimit: route.bodyLimit ?? opts.bodyLimit,
+        preParsing: [...limited, jsonBodiesOnly],
+        validatorCompiler,
+        onRequest: authenticate,
+        errorHandler: problemErrorHandler,
+        handler: async (request, reply) =>
+          send(
+            reply,
+            await protocol.submit(accessOf(request), route, {
+              method: request.method,
+              path: request.url.split('?')[0]!,
+              body: request.body,
+              params: (request.params ?? {}) as Record<string, string>,
+              query: (request.query ?? {}) as Record<string, unknown>,
+              headers: request.headers,
+              headerValues: valuesOf(request),
+            }),
+          ),
+      })
+    },
+  } satisfies Longrun)
+
+  const answer = (route: OperationRoute, id: string, request: FastifyRequest, reply: FastifyReply) =>
+    route
+      .answer(protocol, accessOf(request), {
+        id,
+        query: (request.query ?? {}) as Record<string, unknown>,
+        body: request.body,
+        headers: request.headers,
+      })
+      .then((answer) => send(reply, answer))
+
+  await app.register(
+    async (api) => {
+      api.setErrorHandler(problemErrorHandler)
+      api.setNotFoundHandler(problemNotFoundHandler)
+      // Every route of this context, present and future, authenticates before anything else.
+      api.addHook('onRequest', authenticate)
+      for (const route of OPERATION_ROUTES) {
+        api.route<{ Params: { id?: string } }>({
+          method: route.method,
+          url: route.path === '' ? '/' : route.path,
+          bodyLimit: opts.bodyLimit,
+          preParsing: limited,
+          handler: (request, reply) => answer(route, request.params.id ?? '', request, reply),
+        })
+      }
+      // An id longer than the server's `maxParamLength` (Fastify's default: 100) misses the routes
+      // above and would get Fastify's bare 414: answer it here like any other id.
+      api.route<{ Params: { '*': string } }>({
+        method: ['GET', 'POST', 'DELETE'],
+        url: '/*',
+        bodyLimit: opts.bodyLimit,
+        preParsing: limited,
+        handler: (request, reply) => {
+          const match = matchOperationRoute(request.method, `/${request.params['*']}`)
+          if (!match || match.id === '') return problemNotFoundHandler(request, reply)
+          return answer(match.route, match.id, request, reply)
+        },
+      })
+    },
+    { prefix: opts.basePath },
+  )
+
+  app.addHook('onReady', async () => engine.start())
+  // Stop claiming as soon as closing begins; the store stays open for requests still in flight.
+  app.addHook('preClose', async () => engine.drain())
+  app.addHook('onClose', async () => engine.close())
+}
+
+/** The Fastify plugin: mounts the operations API and adds `app.longrun.route()` for async routes. */
+export const longrun = fp(plugin, { fastify: '5.x', name: 'longrun' })
+
+export { problemErrorHandler, problemFrameworkErrors, problemNotFoundHandler } from './errors.js'
+export { defineAsyncRoute, type AnyAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema } from '../../route.js'
+export type { ProtocolOptions } from '../../options.js'
+export type { ResultType } from '../../formats.js'
+export type { OperationResource } from '../../resource.js'
+export type { Problem } from '../../problem.js'
+export type { RequestHead } from '../../request.js'
+export { anyOf, apiKeyAuth, jwtAuth, sessionAuth, unauthorized } from '../../auth.js'
+export type { ApiKeyAuthOptions, Authenticate, JwtAuthOptions, SessionAuthOptions } from '../../auth.js'
+export type { AccessList, Permissions, Principal } from '../../../core/permissions.js'

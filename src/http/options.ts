@@ -1,0 +1,116 @@
+import { toMs, type Duration } from '../core/duration.js'
+import { invalidOption } from '../core/errors.js'
+import type { AccessPolicy } from '../core/permissions.js'
+import type { Authenticate } from './auth.js'
+
+/** The options of the HTTP protocol, the same for every adapter. */
+export interface ProtocolOptions {
+  /** Where the operations API is mounted. @default '/operations' */
+  basePath?: string
+  /** Include handler stack traces in error responses. @default false */
+  exposeStack?: boolean
+  /** Largest accepted request body, in bytes. @default 1048576 (1 MiB) */
+  bodyLimit?: number
+  /** Polling hint sent as `Retry-After`. @default '1s' */
+  retryAfter?: Duration
+  /** @default 20 */
+  defaultPageSize?: number
+  /** @default 100 */
+  maxPageSize?: number
+  /**
+   * Request headers read as idempotency keys, first match wins; add e.g. `'x-request-id'` to honour
+   * a client-chosen request id. Keys live for `idempotencyTtl` (default 24 h).
+   * @default ['idempotency-key']
+   */
+  idempotencyHeaders?: string[]
+  /**
+   * Finds the caller of each request (see `jwtAuth`, `apiKeyAuth`, `sessionAuth`); the caller owns
+   * what it submits. @default none: every caller is anonymous
+   */
+  authenticate?: Authenticate
+  /** Serve requests without a principal, as the anonymous owner. @default true without `authenticate`, false with it */
+  allowAnonymous?: boolean
+  /** `WWW-Authenticate` challenge of 401 answers. @default 'Bearer realm="longrun"' */
+  challenge?: string
+  /** Principals with this role may read and change every operation. @default none */
+  adminRole?: string
+  /** Most queued and running operations one owner may have; one more answers 429. @default unlimited */
+  maxActivePerOwner?: number
+  /**
+   * Requests per principal (or per IP when anonymous) and time window: milliseconds, or a text such
+   * as `'1 minute'`. @default none
+   */
+  rateLimit?: { max: number; timeWindow: number | string }
+}
+
+export interface ResolvedProtocolOptions {
+  basePath: string
+  exposeStack: boolean
+  bodyLimit: number
+  retryAfterSeconds: number
+  defaultPageSize: number
+  maxPageSize: number
+  idempotencyHeaders: string[]
+  authenticate: Authenticate | undefined
+  allowAnonymous: boolean
+  challenge: string
+  policy: AccessPolicy
+  maxActivePerOwner: number | undefined
+  rateLimit: { max: number; timeWindow: number | string } | undefined
+}
+
+const DEFAULTS = {
+  basePath: '/operations',
+  bodyLimit: 1_048_576, // 1 MiB
+  retryAfter: 1_000, // 1 s
+  defaultPageSize: 20,
+  maxPageSize: 100,
+  idempotencyHeaders: ['idempotency-key'],
+  challenge: 'Bearer realm="longrun"',
+} as const
+
+const isPositiveInteger = (n: unknown): n is number => Number.isInteger(n) && (n as number) > 0
+
+// A header name is an RFC 9110 token.
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+
+export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocolOptions {
+  const basePath = (input.basePath ?? DEFAULTS.basePath).replace(/\/+$/, '')
+  if (!basePath.startsWith('/')) throw invalidOption('basePath', "must start with '/'")
+  const bodyLimit = input.bodyLimit ?? DEFAULTS.bodyLimit
+  if (!isPositiveInteger(bodyLimit)) throw invalidOption('bodyLimit', 'must be a positive whole number of bytes')
+  const retryAfterMs = toMs('retryAfter', input.retryAfter ?? DEFAULTS.retryAfter)
+  if (retryAfterMs <= 0) throw invalidOption('retryAfter', 'must be positive')
+  const maxPageSize = input.maxPageSize ?? DEFAULTS.maxPageSize
+  if (!isPositiveInteger(maxPageSize)) throw invalidOption('maxPageSize', 'must be a positive integer')
+  const defaultPageSize = input.defaultPageSize ?? Math.min(DEFAULTS.defaultPageSize, maxPageSize)
+  if (!isPositiveInteger(defaultPageSize)) throw invalidOption('defaultPageSize', 'must be a positive integer')
+  if (defaultPageSize > maxPageSize)
+    throw invalidOption('defaultPageSize', `must not exceed maxPageSize (${maxPageSize})`)
+  const idempotencyHeaders = (input.idempotencyHeaders ?? DEFAULTS.idempotencyHeaders).map((h) => h.toLowerCase())
+  if (idempotencyHeaders.length === 0) throw invalidOption('idempotencyHeaders', 'must name at least one header')
+  for (const header of idempotencyHeaders) {
+    if (!HEADER_NAME.test(header)) throw invalidOption('idempotencyHeaders', `holds '${header}', not a header name`)
+  }
+  const maxActive = input.maxActivePerOwner
+  if (maxActive !== undefined && !isPositiveInteger(maxActive)) {
+    throw invalidOption('maxActivePerOwner', 'must be a positive integer')
+  }
+  const rateLimit = input.rateLimit
+  if (rateLimit && !isPositiveInteger(rateLimit.max)) throw invalidOption('rateLimit.max', 'must be a positive integer')
+  return {
+    basePath,
+    exposeStack: input.exposeStack ?? false,
+    bodyLimit,
+    retryAfterSeconds: Math.max(1, Math.ceil(retryAfterMs / 1000)),
+    defaultPageSize,
+    maxPageSize,
+    idempotencyHeaders,
+    authenticate: input.authenticate,
+    allowAnonymous: input.allowAnonymous ?? input.authenticate === undefined,
+    challenge: input.challenge ?? DEFAULTS.challenge,
+    policy: input.adminRole === undefined ? {} : { adminRole: input.adminRole },
+    maxActivePerOwner: maxActive,
+    rateLimit: rateLimit && { max: rateLimit.max, timeWindow: rateLimit.timeWindow },
+  }
+}

@@ -1,0 +1,95 @@
+import type { OperationDefinition } from '../core/definition.js'
+import { invalidOption } from '../core/errors.js'
+import { RESULT_TYPES, type ResultType } from './formats.js'
+import type { IdempotencyMode } from './idempotency.js'
+
+/** A JSON schema; TypeBox schemas also carry the TypeScript type they validate (`static`). */
+type Schema = object
+
+type StaticOf<S> = S extends { static: infer T } ? T : unknown
+
+export interface AsyncRouteSchema {
+  body?: Schema
+  params?: Schema
+  querystring?: Schema
+}
+
+/** An async route: the operation it makes (its definition) and how HTTP reaches it. */
+export interface AsyncRouteOptions<S extends AsyncRouteSchema, Result, Args> extends OperationDefinition<
+  StaticOf<S['body']>,
+  Result,
+  Args
+> {
+  /** @default 'POST' */
+  method?: string
+  url: string
+  /** Validated before anything is stored. */
+  schema?: S
+  /** Media types the result may be fetched in. @default ['application/json'] */
+  resultTypes?: ResultType[]
+  /** Overrides the protocol's `bodyLimit` for this route. */
+  bodyLimit?: number
+  /** `required`: a request without an idempotency key gets 400. @default 'optional' */
+  idempotency?: IdempotencyMode
+}
+
+/** Any async route's options, e.g. for a list of differently typed routes. */
+export type AnyAsyncRoute = AsyncRouteOptions<AsyncRouteSchema, unknown, unknown>
+
+/**
+ * Types an async route's options (the body schema types `op.input`) without registering it, so that
+ * one list of routes can serve an API process (`app.longrun.route`) and a worker process
+ * (`engine.define`, which ignores the HTTP fields). It imports no HTTP framework.
+ */
+export function defineAsyncRoute<S extends AsyncRouteSchema, Result, Args = undefined>(
+  options: AsyncRouteOptions<S, Result, Args>,
+): AsyncRouteOptions<S, Result, Args> {
+  return options
+}
+
+/** An async route checked, split into what HTTP needs and the definition the engine runs. */
+export interface ResolvedAsyncRoute {
+  name: string
+  method: string
+  url: string
+  schema: AsyncRouteSchema
+  resultTypes: readonly ResultType[]
+  bodyLimit: number | undefined
+  idempotency: IdempotencyMode
+  definition: OperationDefinition<unknown, unknown, unknown>
+}
+
+export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args>(
+  route: AsyncRouteOptions<S, Result, Args>,
+): ResolvedAsyncRoute {
+  const {
+    method = 'POST',
+    url,
+    schema,
+    resultTypes,
+    bodyLimit,
+    idempotency = 'optional',
+    ...definition
+  } = route as unknown as AnyAsyncRoute
+  const name = definition.name
+  if (typeof url !== 'string' || !url.startsWith('/')) throw invalidOption(`${name}.url`, "must start with '/'")
+  if (idempotency !== 'optional' && idempotency !== 'required') {
+    throw invalidOption(`${name}.idempotency`, "must be 'optional' or 'required'")
+  }
+  for (const type of resultTypes ?? []) {
+    if (!RESULT_TYPES.includes(type)) throw invalidOption(`${name}.resultTypes`, `cannot offer '${type}'`)
+  }
+  if (bodyLimit !== undefined && !(Number.isInteger(bodyLimit) && bodyLimit > 0)) {
+    throw invalidOption(`${name}.bodyLimit`, 'must be a positive whole number of bytes')
+  }
+  return {
+    name,
+    method: method.toUpperCase(),
+    url,
+    schema: schema ?? {},
+    resultTypes: resultTypes?.length ? resultTypes : ['application/json'],
+    bodyLimit,
+    idempotency,
+    definition,
+  }
+}

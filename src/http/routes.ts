@@ -1,0 +1,59 @@
+import type { OperationAccess } from '../core/access.js'
+import type { HttpReply, OperationsProtocol } from './protocol.js'
+
+/** What an endpoint of the operations API reads of its request, as the adapter parsed it. */
+export interface EndpointRequest {
+  /** The `:id` of the path, for routes that have one. */
+  id: string
+  /** The query string as an object of strings (a name given twice: an array). */
+  query: Record<string, unknown>
+  body: unknown
+  headers: Record<string, string | string[] | undefined>
+}
+
+export interface OperationRoute {
+  method: 'GET' | 'POST' | 'DELETE'
+  /** Under the API's `basePath`; `:id` stands for an operation id. */
+  path: string
+  /** Names the endpoint, e.g. for logs and documentation. */
+  name: string
+  answer(protocol: OperationsProtocol, access: OperationAccess, request: EndpointRequest): Promise<HttpReply>
+}
+
+const accept = (request: EndpointRequest) => {
+  const value = request.headers.accept
+  return Array.isArray(value) ? value.join(', ') : value
+}
+
+/** The operations API as data: every adapter serves exactly these routes under `basePath`. */
+export const OPERATION_ROUTES: readonly OperationRoute[] = [
+  { method: 'GET', path: '', name: 'list', answer: (p, a, r) => p.list(a, r.query) },
+  { method: 'GET', path: '/stats', name: 'stats', answer: (p, a) => p.stats(a) },
+  { method: 'POST', path: '/retry', name: 'retryAll', answer: (p, a, r) => p.retryAll(a, r.body) },
+  { method: 'GET', path: '/:id', name: 'status', answer: (p, a, r) => p.status(a, r.id) },
+  { method: 'GET', path: '/:id/result', name: 'result', answer: (p, a, r) => p.result(a, r.id, accept(r)) },
+  { method: 'GET', path: '/:id/error', name: 'error', answer: (p, a, r) => p.error(a, r.id) },
+  { method: 'POST', path: '/:id/cancel', name: 'cancel', answer: (p, a, r) => p.cancel(a, r.id) },
+  { method: 'POST', path: '/:id/retry', name: 'retry', answer: (p, a, r) => p.retry(a, r.id) },
+  { method: 'DELETE', path: '/:id', name: 'delete', answer: (p, a, r) => p.remove(a, r.id) },
+]
+
+/**
+ * Finds the by-id route of a path under `basePath` (`/<id>` or `/<id>/<action>`) without a
+ * router: for adapters whose router refuses long ids (Fastify's `maxParamLength`), or has none.
+ * A route without `:id` is matched too. `undefined`: no such route.
+ */
+export function matchOperationRoute(method: string, path: string): { route: OperationRoute; id: string } | undefined {
+  for (const route of OPERATION_ROUTES) {
+    if (route.method !== method) continue
+    if (!route.path.startsWith('/:id')) {
+      if (route.path === path) return { route, id: '' }
+      continue
+    }
+    const suffix = route.path.slice('/:id'.length)
+    if (!path.startsWith('/') || !path.endsWith(suffix)) continue
+    const id = path.slice(1, path.length - suffix.length)
+    if (id !== '' && !id.includes('/')) return { route, id }
+  }
+  return undefined
+}

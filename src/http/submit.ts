@@ -1,0 +1,127 @@
+import type { OperationAccess } from '../core/access.js'
+import type { Engine } from '../core/engine.js'
+import { LongrunError } from '../core/errors.js'
+import type { Operation } from '../core/types.js'
+import { fingerprint, idempotencyKeyOf, idempotencyKeyRequired, KEY_RECOMMENDED_HEADER } from './idempotency.js'
+import type { ResolvedProtocolOptions } from './options.js'
+import type { ResolvedAsyncRoute } from './route.js'
+
+/** What a submission carries, as the adapter parsed and validated it. */
+export interface SubmitParts {
+  method: string
+  /** The path without its query string: with the method and the body, what an idempotency key stands for. */
+  path: string
+  body: unknown
+  params: Record<string, string>
+  query: Record<string, unknown>
+  headers: Record<string, string | string[] | undefined>
+  /**
+   * Every value of the header `name` in the order sent, to refuse a key sent twice. An adapter that
+   * only sees joined values (Web `Headers`) passes the joined one.
+   */
+  headerValues(name: string): string[]
+}
+
+// Credentials are not stored with the operation: handlers get the other headers.
+const UNSTORED_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie', 'x-api-key'])
+
+function storedHeaders(headers: SubmitParts['headers']): Record<string, string> {
+  const kept: Record<string, string> = {}
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || UNSTORED_HEADERS.has(name)) continue
+    kept[name] = Array.isArray(value) ? value.join(', ') : value
+  }
+  return kept
+}
+
+const JSON_MEDIA_TYPE = /^application\/(?:[\w.+-]+\+)?json\s*(?:;|$)/i
+
+/**
+ * Refuses a body that is not JSON, before it is read: an operation's input is JSON whatever the
+ * route's schema, and frameworks would also parse e.g. text/plain.
+ */
+export function assertJsonBody(contentType: string | undefined): void {
+  if (contentType !== undefined && !JSON_MEDIA_TYPE.test(contentType)) {
+    throw new LongrunError('unsupported-media-type', 'Send the body as application/json.')
+  }
+}
+
+const quotaExceeded = (max: number, retryAfter: number) =>
+  new LongrunError('quota-exceeded', `You already have ${max} queued or running operations; wait for some to finish.`, {
+    extra: { retryAfter },
+  })
+
+/** Runs the functions given the same key one after another; with no key, at once. */
+function serializer(): <T>(key: string | null | undefined, fn: () => Promise<T>) => Promise<T> {
+  const tails = new Map<string | null, Promise<void>>()
+  return async (key, fn) => {
+    if (key === undefined) return fn()
+    const result = (tails.get(key) ?? Promise.resolve()).then(fn)
+    const tail = result.then(
+      () => {},
+      () => {},
+    )
+    tails.set(key, tail)
+    try {
+      return await result
+    } finally {
+      if (tails.get(key) === tail) tails.delete(key)
+    }
+  }
+}
+
+/** How a submission ended: the operation and the headers its 202 carries besides the usual ones. */
+export interface Submission {
+  op: Operation
+  headers: Record<string, string>
+}
+
+/**
+ * The submit pipeline of an async route: idempotency key, quota, storing. Resolves once the
+ * operation is durable.
+ */
+export class Submitter {
+  readonly #engine: Engine
+  readonly #opts: ResolvedProtocolOptions
+  readonly #oneAtATime = serializer()
+
+  constructor(engine: Engine, options: ResolvedProtocolOptions) {
+    this.#engine = engine
+    this.#opts = options
+  }
+
+  async submit(access: OperationAccess, route: ResolvedAsyncRoute, parts: SubmitParts): Promise<Submission> {
+    const engine = this.#engine
+    const { idempotencyHeaders, maxActivePerOwner: maxActive, retryAfterSeconds } = this.#opts
+    const owner = access.owner
+    const key = idempotencyKeyOf(parts.headerValues, idempotencyHeaders)
+    if (key === undefined && route.idempotency === 'required') throw idempotencyKeyRequired(idempotencyHeaders[0]!)
+    const idempotent =
+      key === undefined ? undefined : { key, fingerprint: fingerprint(parts.method, parts.path, parts.body) }
+    // One submission of an owner at a time checks the quota and inserts: otherwise a burst of
+    // concurrent submissions would all pass the check before any of them was stored.
+    return this.#oneAtATime(maxActive === undefined ? undefined : owner, async (): Promise<Submission> => {
+      if (maxActive !== undefined) {
+        const { total } = await engine.stats({ owner, states: ['queued', 'running'] })
+        if (total >= maxActive) {
+          // A replay makes no new operation: the quota does not stand in its way.
+          const made = idempotent && (await engine.findSubmitted(route.name, owner, idempotent))
+          if (!made) throw quotaExceeded(maxActive, retryAfterSeconds)
+          return { op: made, headers: { 'idempotent-replayed': 'true' } }
+        }
+      }
+      const request = {
+        owner,
+        input: parts.body ?? null,
+        params: parts.params,
+        query: parts.query,
+        headers: storedHeaders(parts.headers),
+      }
+      if (!idempotent) {
+        return { op: await engine.submit(route.name, request), headers: { [KEY_RECOMMENDED_HEADER]: 'true' } }
+      }
+      const { op, replayed } = await engine.submitIdempotent(route.name, request, idempotent)
+      return { op, headers: replayed ? { 'idempotent-replayed': 'true' } : {} }
+    })
+  }
+}
