@@ -5,7 +5,8 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import type { OperationResource } from 'longrun/fastify'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { killAllServers, startServer, until, type ChildServer } from './helpers/child-server.js'
+import { killAllServers, startServer, type ChildServer } from './helpers/child-server.js'
+import { until } from './helpers/until.js'
 
 // Crash, durability and shutdown behaviour of the demo server (examples/demo/main.ts), run as a
 // real child process on a real SQLite file and spoken to over real HTTP. The child runs with a

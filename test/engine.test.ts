@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { backoffMs, resolveDefinition, type ResolvedRetryPolicy } from '../src/core/definition.js'
 import {
@@ -20,6 +21,7 @@ import {
 } from '../src/core/index.js'
 import { memoryStore } from '../src/stores/memory/index.js'
 import { sqliteStore } from '../src/stores/sqlite/index.js'
+import { until } from './helpers/until.js'
 
 // Short timings keep the suite fast; no assertion depends on how long anything took.
 const FAST = { lease: 200, poll: 20, grace: 100 } as const
@@ -41,17 +43,6 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true })
 })
 
-/** Polls `fn` until it returns something truthy; fails with `what` after `timeoutMs`. */
-async function until<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await fn()
-    if (value) return value as NonNullable<T>
-    if (Date.now() > deadline) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
-
 /** Waits until the operation reaches `state`, and returns it then. */
 function reach(engine: Engine, id: string, state: OperationState, timeoutMs = 10_000): Promise<Operation> {
   return until(
@@ -60,7 +51,7 @@ function reach(engine: Engine, id: string, state: OperationState, timeoutMs = 10
       return op.state === state ? op : undefined
     },
     timeoutMs,
-    `operation ${id} to be ${state}`,
+    { what: `operation ${id} to be ${state}` },
   )
 }
 
@@ -623,18 +614,21 @@ describe('Engine', () => {
           return 'done'
         },
       })
-      const events: [string, Progress][] = []
-      engine.on('operation:progress', (changed, progress) => {
-        expect(changed.progress).toStrictEqual(progress)
-        events.push([changed.id, progress])
-      })
+      // The event carries the operation as it is after the change, not only its id.
+      const events: [Operation, Progress][] = []
+      engine.on('operation:progress', (changed, progress) => events.push([changed, progress]))
       engine.start()
       const op = await engine.submit('progressing')
       await reported.promise
       const running = await engine.get(op.id)
       expect(running.state).toBe('running')
       expect(running.progress).toStrictEqual({ percent: 40, step: 'download', description: 'Fetching the file' })
-      expect(events).toEqual([[op.id, { percent: 40, step: 'download', description: 'Fetching the file' }]])
+      const fetching = { percent: 40, step: 'download', description: 'Fetching the file' }
+      expect(events).toHaveLength(1)
+      const [changed, progress] = events[0]!
+      expect(progress).toStrictEqual(fetching)
+      expect(changed).toMatchObject({ id: op.id, state: 'running', attempt: 1 })
+      expect(changed.progress).toStrictEqual(fetching)
       expect(errors).toHaveLength(5)
       for (const err of errors) expect(err).toBeInstanceOf(RangeError)
 
@@ -754,19 +748,31 @@ describe('Engine', () => {
     })
 
     it('can be called twice and stops a started engine from claiming', async () => {
+      const POLL = 20
       const store = memoryStore()
-      const engine = makeEngine({ store })
-      engine.define({ name: 'never', handler: () => 1 })
+      const claimsBy = new Map<string, number>()
+      const claim = store.claim.bind(store)
+      store.claim = (worker, ...rest) => {
+        claimsBy.set(worker, (claimsBy.get(worker) ?? 0) + 1)
+        return claim(worker, ...rest)
+      }
+      let ran = 0
+      const engine = makeEngine({ store, poll: POLL, workerId: 'closed' })
+      engine.define({ name: 'never', handler: () => ++ran })
       engine.start()
       const closed = engine.close()
       expect(engine.close()).toBe(closed)
       await closed
       engine.start()
       const other = makeEngine({ store, worker: false })
-      other.define({ name: 'never', handler: () => 1 })
+      other.define({ name: 'never', handler: () => ++ran })
       const op = await other.submit('never')
-      await flush()
-      expect((await other.get(op.id)).state).toBe('queued')
+      const claimsAfterClose = claimsBy.get('closed') ?? 0
+      // Ten polls of real time: a loop that had started again would have claimed by then.
+      await sleep(10 * POLL)
+      expect(await store.get(op.id)).toMatchObject({ state: 'queued', attempt: 0 })
+      expect(claimsBy.get('closed') ?? 0).toBe(claimsAfterClose)
+      expect(ran).toBe(0)
     })
   })
 
@@ -803,7 +809,7 @@ describe('Engine', () => {
 
       heartbeatsDown = true
       now += 10_000
-      await until(() => reasons.has(2), 10_000, 'the second attempt to start')
+      await until(() => reasons.has(2), 10_000, { what: 'the second attempt to start' })
       heartbeatsDown = false
       expect(abortCode(await until(() => reasons.get(1) !== 'running' && reasons.get(1)))).toBe('lease-lost')
       await flush()

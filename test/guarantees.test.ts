@@ -20,16 +20,8 @@ import { sqliteStore } from 'longrun/sqlite'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { buildDemoApp } from '../examples/demo/app.js'
 import { killAllServers, startServer, type ChildServer } from './helpers/child-server.js'
-import {
-  Client,
-  expectJson,
-  expectProblem,
-  listen,
-  tempDir,
-  until,
-  type HttpResponse,
-  type Json,
-} from './helpers/http.js'
+import { Client, expectJson, expectProblem, listen, tempDir, type HttpResponse, type Json } from './helpers/http.js'
+import { until } from './helpers/until.js'
 
 // The execution guarantees of docs/guarantees.md and docs/retries-and-idempotency.md, each proven by
 // a test that fails without it: retry schedules, attempt history, crash recovery, idempotency keys
@@ -140,11 +132,9 @@ describe.each(KINDS)('retries on the %s store', (kind) => {
 
     const dueAt: number[] = [clock.now]
     for (let attempt = 1; attempt < retry.attempts; attempt++) {
-      const after = await until(
-        () => retrying.find((s) => s.id === op.id && s.attempt === attempt),
-        10_000,
-        `attempt ${attempt} to settle`,
-      )
+      const after = await until(() => retrying.find((s) => s.id === op.id && s.attempt === attempt), 10_000, {
+        what: `attempt ${attempt} to settle`,
+      })
       // The clock did not move while the attempt ran: it is the clock at settle.
       const delay = after.runAt - clock.now
       const ceiling = ceilings[attempt - 1]!
@@ -697,7 +687,7 @@ describe.each(KINDS)('fencing on the %s store', (kind) => {
       const leaseB = { id: submitted.id, attempt: 2, worker: 'B' }
       const lateA = async () => {
         release.resolve()
-        await until(() => writesOfA.some((w) => w.kind === 'settle'), 10_000, "A's late outcome")
+        await until(() => writesOfA.some((w) => w.kind === 'settle'), 10_000, { what: "A's late outcome" })
       }
 
       if (when === 'while B still runs') {
@@ -801,13 +791,13 @@ describe.each(KINDS)('cancel racing completion on the %s store', (kind) => {
         if (cancelFrom === 'submit') cancelSoon(op.id)
       }),
     )
-    await until(() => cancels.size === RUNS, 20_000, 'every operation to get its cancel')
+    await until(() => cancels.size === RUNS, 20_000, { what: 'every operation to get its cancel' })
     const cancelOutcomes = new Map(await Promise.all([...cancels].map(async ([id, p]) => [id, await p] as const)))
     expect([...cancelOutcomes.values()].filter((outcome) => outcome.startsWith('error'))).toEqual([])
     await until(
       async () => (await Promise.all(ids.map((id) => engine.get(id)))).every((op) => TERMINAL.has(op.state)),
       20_000,
-      'every operation to end',
+      { what: 'every operation to end' },
     )
     await sleep(30) // a few more polls of settled operations
     polling = false

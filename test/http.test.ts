@@ -19,10 +19,10 @@ import {
   listen,
   POSITIVE_INTEGER,
   tempDir,
-  until,
   type HttpResponse,
   type Json,
 } from './helpers/http.js'
+import { until } from './helpers/until.js'
 
 // The operations API of DESIGN §2 over a real socket: a listening Fastify server, global fetch,
 // the plugin on a real SQLite file (and the core path again on the memory store).
@@ -166,7 +166,7 @@ async function submit(client: Client, path: string, json?: unknown, headers?: Re
 /** A `gated` (or `serial`, `stubborn`) operation whose handler has begun waiting. */
 async function running(h: Harness, key: string, route = '/jobs/gated'): Promise<Json> {
   const op = await submit(h.client, route, { key })
-  await until(() => h.gates.started.has(key), 15_000, `${key} started`)
+  await until(() => h.gates.started.has(key), 15_000, { what: `${key} started` })
   return h.client.waitForState(op.id, 'running')
 }
 
@@ -383,7 +383,7 @@ describe('operations API over HTTP, SQLite store', () => {
       expect(['queued', 'running']).toContain(expectJson(queuedOrRunning, 200).state)
       expect(queuedOrRunning.headers.get('retry-after')).toMatch(POSITIVE_INTEGER)
 
-      await until(() => h.gates.started.has('status'), 15_000, 'status started')
+      await until(() => h.gates.started.has('status'), 15_000, { what: 'status started' })
       const run = await h.client.waitForState(op.id, 'running')
       expect(run).toMatchObject({ id: op.id, state: 'running', done: false, attempt: 1, completedAt: null })
       expect(run.startedAt).toMatch(ISO_UTC)
@@ -619,7 +619,7 @@ describe('operations API over HTTP, SQLite store', () => {
       const res = await h.client.post(`/operations/${op.id}/retry`)
       expect(expectJson(res, 202)).toMatchObject({ id: op.id, state: 'queued', cancelRequested: false })
       expect(res.headers.get('location')).toBe(`/operations/${op.id}`)
-      await until(() => h.gates.started.get('retry-canceled') === 2, 15_000, 'second start')
+      await until(() => h.gates.started.get('retry-canceled') === 2, 15_000, { what: 'second start' })
       h.gates.open('retry-canceled')
       const done = await h.client.waitForState(op.id, 'succeeded')
       expect(done.result).toEqual({ key: 'retry-canceled', attempt: 2 })

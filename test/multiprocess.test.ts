@@ -2,8 +2,9 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { afterAll, expect, it } from 'vitest'
-import { killAllServers, startServer, until, type ChildServer } from './helpers/child-server.js'
+import { killAllServers, startServer, type ChildServer } from './helpers/child-server.js'
 import { describePostgres, dropSchema, freshSchemaName, sql } from './helpers/postgres.js'
+import { until } from './helpers/until.js'
 
 // Scale-out on PostgreSQL with real processes: two API-only servers (the demo with LONGRUN_ROLE=api)
 // and two workers (`npm run worker`) on one schema. One worker is SIGKILLed mid-run.

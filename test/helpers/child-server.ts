@@ -238,33 +238,5 @@ async function waitReady(server: ChildServer, timeoutMs: number): Promise<void> 
   throw new Error(`GET ${server.url}/ did not answer within ${timeoutMs} ms`)
 }
 
-export type Truthy<T> = Exclude<T, false | null | undefined | 0 | ''>
-
-/**
- * Polls `fn` until it returns something truthy, and returns that. Throws after `timeoutMs` with
- * `describe`'s account of the last value (or the last error).
- */
-export async function until<T>(
-  fn: () => Promise<T> | T,
-  timeoutMs: number,
-  { interval = 50, describe }: { interval?: number; describe?: (last: T | undefined) => string } = {},
-): Promise<Truthy<T>> {
-  const deadline = Date.now() + timeoutMs
-  let last: T | undefined
-  let lastError: unknown
-  for (;;) {
-    try {
-      last = await fn()
-      lastError = undefined
-      if (last) return last as Truthy<T>
-    } catch (err) {
-      lastError = err
-    }
-    if (Date.now() >= deadline) break
-    await sleep(interval)
-  }
-  const value = describe ? describe(last) : `last value: ${JSON.stringify(last)}`
-  const cause = (lastError as { cause?: unknown } | undefined)?.cause
-  const error = lastError === undefined ? '' : `; last error: ${String(lastError)}${cause ? ` (${String(cause)})` : ''}`
-  throw new Error(`condition not met within ${timeoutMs} ms (${value}${error})`)
-}
+// Transitional: test/postgres.test.ts still imports it from here. Everything else imports './until.js'.
+export { until } from './until.js'

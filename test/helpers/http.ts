@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { expect } from 'vitest'
+import { until } from './until.js'
 
 /** A parsed JSON body: tests look into it freely. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -11,27 +12,6 @@ export type Json = any
 export const PROBLEM_PREFIX = 'urn:longrun:problem:'
 export const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 export const POSITIVE_INTEGER = /^[1-9]\d*$/
-
-/** Polls `fn` until it returns something truthy; never asserts on how long that took. */
-export async function until<T>(
-  fn: () => T | Promise<T>,
-  timeoutMs = 15_000,
-  what = 'condition',
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try {
-      const value = await fn()
-      if (value) return value as NonNullable<T>
-      last = value
-    } catch (err) {
-      last = err
-    }
-    if (Date.now() > deadline) throw new Error(`until: ${what} not reached in ${timeoutMs} ms (last: ${String(last)})`)
-    await new Promise((resolve) => setTimeout(resolve, 15))
-  }
-}
 
 /** A fresh temporary folder, removed by the returned function. */
 export function tempDir(prefix = 'longrun-http-'): { path: string; remove: () => void } {
@@ -144,7 +124,7 @@ export class Client {
         return res.status === 200 && predicate(res.body) ? res.body : undefined
       },
       20_000,
-      `${id} ${what}`,
+      { what: `${id} ${what}` },
     )
   }
 
