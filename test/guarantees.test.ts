@@ -212,7 +212,7 @@ describe.each(KINDS)('retries on the %s store', (kind) => {
         return now.state !== 'queued' && now.state !== 'running' ? now : undefined
       })
       expect(failed).toMatchObject({ state: 'failed', attempt: 1, maxAttempts: 5, error })
-      expect((await engine.history(op.id)).map((e) => e.event)).toEqual(['started', 'failed'])
+      expect((await engine.history(op.id)).map((e) => e.event)).toEqual(['submitted', 'started', 'failed'])
     }
     expect(Object.fromEntries(calls)).toEqual({ fatal: 1, declined: 1 })
   })
@@ -242,6 +242,7 @@ describe.each(KINDS)('attempt history on the %s store', (kind) => {
     const history = await engine.history(op.id)
     const error = (attempt: number) => expect.objectContaining({ code: 'flaky', detail: `attempt ${attempt} failed` })
     expect(history.map(({ seq: _seq, ...entry }) => entry)).toEqual([
+      { at: t0, event: 'submitted', attempt: 0, actor: null },
       { at: t0, event: 'started', attempt: 1, worker: 'worker-h' },
       { at: t0 + 7, event: 'retry-scheduled', attempt: 1, worker: 'worker-h', error: error(1) },
       { at: t0 + 7, event: 'started', attempt: 2, worker: 'worker-h' },
@@ -299,6 +300,7 @@ describe.each(KINDS)('attempt history on the %s store', (kind) => {
 
     const retriedHistory = await engine.history(retried.id)
     expect(retriedHistory.map(({ event, attempt, actor }) => ({ event, attempt, actor }))).toEqual([
+      { event: 'submitted', attempt: 0, actor: null },
       { event: 'started', attempt: 1, actor: undefined },
       { event: 'failed', attempt: 1, actor: undefined },
       { event: 'retried', attempt: 1, actor: 'alice' },
@@ -312,6 +314,7 @@ describe.each(KINDS)('attempt history on the %s store', (kind) => {
 
     const canceledHistory = await engine.history(canceled.id)
     expect(canceledHistory.map(({ event, attempt, actor, worker }) => ({ event, attempt, actor, worker }))).toEqual([
+      { event: 'submitted', attempt: 0, actor: null, worker: undefined },
       { event: 'started', attempt: 1, actor: undefined, worker: 'worker-a' },
       { event: 'cancel-requested', attempt: 1, actor: 'bob', worker: undefined },
       { event: 'canceled', attempt: 1, actor: undefined, worker: 'worker-a' },
@@ -319,7 +322,10 @@ describe.each(KINDS)('attempt history on the %s store', (kind) => {
     expect(attemptsOf(canceledHistory).map((a) => a.outcome)).toEqual(['canceled'])
 
     const earlyHistory = await engine.history(early.id)
-    expect(earlyHistory).toMatchObject([{ event: 'canceled', attempt: 0, actor: 'carol', error: { code: 'canceled' } }])
+    expect(earlyHistory).toMatchObject([
+      { event: 'submitted', attempt: 0, actor: null },
+      { event: 'canceled', attempt: 0, actor: 'carol', error: { code: 'canceled' } },
+    ])
     expect(attemptsOf(earlyHistory)).toEqual([])
 
     // An anonymous actor is recorded as null, not left out.
@@ -642,8 +648,8 @@ describe.each(KINDS)('fencing on the %s store', (kind) => {
       const writesOfA: { kind: 'progress' | 'settle'; result: unknown }[] = []
       const progress = store.progress.bind(store)
       const settle = store.settle.bind(store)
-      store.progress = async (lease: Lease, p) => {
-        const result = await progress(lease, p)
+      store.progress = async (lease: Lease, p, now) => {
+        const result = await progress(lease, p, now)
         if (lease.worker === 'A') writesOfA.push({ kind: 'progress', result })
         return result
       }
@@ -695,7 +701,7 @@ describe.each(KINDS)('fencing on the %s store', (kind) => {
         // Still B's, untouched by A.
         expect(await engine.get(submitted.id)).toStrictEqual(claimed)
       }
-      expect(await store.progress(leaseB, { percent: 50, step: 'B' })).toBe(true)
+      expect(await store.progress(leaseB, { percent: 50, step: 'B' }, takeoverAt + 1)).toBe(true)
       const outcome = { state: 'succeeded' as const, result: 'B', expiresAt: takeoverAt + 1e9 }
       const settledByB = await store.settle(leaseB, outcome, takeoverAt + 5)
       expect(settledByB).toMatchObject({ state: 'succeeded', result: 'B', progress: { percent: 50, step: 'B' } })
@@ -710,6 +716,7 @@ describe.each(KINDS)('fencing on the %s store', (kind) => {
       expect(settledEvents).toEqual([])
       const history = await engine.history(submitted.id)
       expect(history.map((e) => `${e.event}:${e.attempt}:${e.worker}`)).toEqual([
+        'submitted:0:undefined',
         'started:1:A',
         'lease-lost:1:A',
         'started:2:B',

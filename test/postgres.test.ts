@@ -8,7 +8,7 @@ import { MIGRATIONS } from '../src/stores/postgres/migrations.js'
 import { postgresStore, type PostgresStore, type PostgresStoreOptions } from '../src/stores/postgres/index.js'
 import { describePostgres, dropSchema, freshSchemaName, sql } from './helpers/postgres.js'
 import { until } from './helpers/child-server.js'
-import { storeContract } from './store-contract.js'
+import { storeContract } from '../src/testing/index.js'
 import { newOp, rejection, T0 } from './helpers/stores.js'
 
 const LEASE = 1_000
@@ -66,7 +66,7 @@ describePostgres('postgres store across nodes', (url) => {
     const applied = await sql<{ version: number }>(url, `SELECT version FROM ${schema}.migrations ORDER BY version`)
     expect(applied.map((row) => row.version)).toEqual(MIGRATIONS.map((m) => m.version))
     // Every node works on the one schema.
-    await stores[0]!.insert(newOp('shared'))
+    await stores[0]!.insert(newOp({ id: 'shared' }))
     for (const store of stores) expect((await store.get('shared'))?.state).toBe('queued')
   })
 
@@ -101,7 +101,7 @@ describePostgres('postgres store across nodes', (url) => {
     await Promise.all([writer.ready(), reader.ready()])
     await listening(2)
 
-    await writer.insert(newOp('n1', { name: 'mail' }))
+    await writer.insert(newOp({ id: 'n1', name: 'mail' }))
     await until(() => heard.some((n) => n.kind === 'queued' && n.name === 'mail'), 5_000)
     const [claimed] = await writer.claim('w1', [{ name: 'mail', limit: 1 }], LEASE, T0)
     await until(() => heard.some((n) => n.kind === 'changed' && n.id === 'n1'), 5_000)
@@ -110,7 +110,7 @@ describePostgres('postgres store across nodes', (url) => {
     // A heartbeat changes nothing anyone watches: no notice.
     const before = heard.length
     await writer.heartbeat({ id: 'n1', attempt: 1, worker: 'w1' }, LEASE, T0 + 3)
-    await writer.progress({ id: 'n1', attempt: 1, worker: 'w1' }, { percent: 50 })
+    await writer.progress({ id: 'n1', attempt: 1, worker: 'w1' }, { percent: 50 }, T0 + 4)
     await until(() => heard.length > before, 5_000)
     expect(heard.slice(before)).toEqual([{ kind: 'changed', id: 'n1' }])
     expect(echoed).toEqual([])
@@ -129,7 +129,7 @@ describePostgres('postgres store across nodes', (url) => {
     // Back on a new connection: it says that 'report' may have work waiting.
     await until(() => heard.some((n) => n.kind === 'queued' && n.name === 'report'), 10_000)
     await listening()
-    await writer.insert(newOp('after', { name: 'mail' }))
+    await writer.insert(newOp({ id: 'after', name: 'mail' }))
     await until(() => heard.some((n) => n.kind === 'queued' && n.name === 'mail'), 5_000)
   })
 
@@ -168,9 +168,11 @@ describePostgres('postgres store across nodes', (url) => {
   it('shows a progress update made through one instance to another with its own pool', async () => {
     const worker = openStore({ leaseClock: 'caller' })
     const api = openStore({ leaseClock: 'caller' })
-    await api.insert(newOp('p1'))
+    await api.insert(newOp({ id: 'p1' }))
     const [op] = await worker.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0)
-    expect(await worker.progress({ id: op!.id, attempt: 1, worker: 'w1' }, { percent: 42, step: 'halfway' })).toBe(true)
+    expect(await worker.progress({ id: op!.id, attempt: 1, worker: 'w1' }, { percent: 42, step: 'halfway' }, T0)).toBe(
+      true,
+    )
     expect((await api.get('p1'))?.progress).toStrictEqual({ percent: 42, step: 'halfway' })
   })
 
@@ -179,7 +181,7 @@ describePostgres('postgres store across nodes', (url) => {
     await Promise.all(stores.map((store) => store.ready()))
     const key = { scope: 'alice\u0000work', key: 'k1', fingerprint: 'fp', expiresAt: T0 + 60_000 }
     const results = await Promise.all(
-      Array.from({ length: 40 }, (_, i) => stores[i % 4]!.insertIdempotent(newOp(`idem-${i}`), key, T0)),
+      Array.from({ length: 40 }, (_, i) => stores[i % 4]!.insertIdempotent(newOp({ id: `idem-${i}` }), key, T0)),
     )
     const inserted = results.filter((r) => r.kind === 'inserted')
     expect(inserted).toHaveLength(1)
@@ -191,7 +193,7 @@ describePostgres('postgres store across nodes', (url) => {
 
   it('never hands one operation to two of many instances claiming at once', async () => {
     const stores = Array.from({ length: 4 }, () => openStore({ leaseClock: 'caller' }))
-    await Promise.all(Array.from({ length: 200 }, (_, i) => stores[0]!.insert(newOp(`c-${i}`))))
+    await Promise.all(Array.from({ length: 200 }, (_, i) => stores[0]!.insert(newOp({ id: `c-${i}` }))))
     const claims = await Promise.all(
       Array.from({ length: 80 }, (_, i) => stores[i % 4]!.claim(`w${i % 4}`, [{ name: 'work', limit: 5 }], LEASE, T0)),
     )
@@ -202,7 +204,7 @@ describePostgres('postgres store across nodes', (url) => {
 
   it('runs leases on the database clock, whatever the callers clocks say', async () => {
     const store = openStore()
-    await store.insert(newOp('clocked'))
+    await store.insert(newOp({ id: 'clocked' }))
     const before = Date.now()
     // This caller's clock is years behind; the lease still runs from the server's now.
     const [op] = await store.claim('slow-clock', [{ name: 'work', limit: 1 }], LEASE, T0)
@@ -226,17 +228,22 @@ describePostgres('postgres store across nodes', (url) => {
       },
     )
     expect(Date.now()).toBeGreaterThanOrEqual(extended - 50)
-    expect((await store.history('clocked')).map((e) => e.event)).toEqual(['started', 'lease-lost', 'started'])
+    expect((await store.history('clocked')).map((e) => e.event)).toEqual([
+      'submitted',
+      'started',
+      'lease-lost',
+      'started',
+    ])
   })
 
   it('commits inserts issued together in one statement, rejecting only the bad ones', async () => {
     const store = openStore()
-    await store.insert(newOp('existing', { input: 'original' }))
+    await store.insert(newOp({ id: 'existing', input: 'original' }))
     const writes = [
-      ...Array.from({ length: 300 }, (_, i) => store.insert(newOp(`ok-${i}`))),
-      store.insert(newOp('existing', { input: 'impostor' })),
-      store.insert(newOp('nul', { input: 'a\u0000b' })),
-      store.insert(newOp('ok-7', { input: 'twin in the same batch' })),
+      ...Array.from({ length: 300 }, (_, i) => store.insert(newOp({ id: `ok-${i}` }))),
+      store.insert(newOp({ id: 'existing', input: 'impostor' })),
+      store.insert(newOp({ id: 'nul', input: 'a\u0000b' })),
+      store.insert(newOp({ id: 'ok-7', input: 'twin in the same batch' })),
     ]
     const results = await Promise.allSettled(writes)
     const rejected = results.flatMap((r, i) =>
@@ -257,12 +264,12 @@ describePostgres('postgres store across nodes', (url) => {
   it('commits writes issued before close() and rejects those issued after', async () => {
     const store = openStore()
     await store.ready()
-    const inserted = store.insert(newOp('in-flight'))
+    const inserted = store.insert(newOp({ id: 'in-flight' }))
     const closed = store.close()
     expect(store.close()).toBe(closed)
     await closed
     expect((await inserted).id).toBe('in-flight')
-    expect(((await rejection(store.insert(newOp('too-late')))) as LongrunError).code).toBe('store-closed')
+    expect(((await rejection(store.insert(newOp({ id: 'too-late' })))) as LongrunError).code).toBe('store-closed')
     expect(((await rejection(store.get('in-flight'))) as LongrunError).code).toBe('store-closed')
     expect((await openStore().get('in-flight'))?.state).toBe('queued')
   })

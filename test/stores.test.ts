@@ -8,7 +8,7 @@ import type { Store } from '../src/core/store.js'
 import { memoryStore } from '../src/stores/memory/index.js'
 import { sqliteStore } from '../src/stores/sqlite/index.js'
 import { MIGRATIONS } from '../src/stores/sqlite/migrations.js'
-import { storeContract } from './store-contract.js'
+import { storeContract } from 'longrun/testing'
 import { newOp, rejection, T0 } from './helpers/stores.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'longrun-stores-'))
@@ -68,11 +68,11 @@ describe('sqlite store', () => {
 
   it('keeps operations across close and reopen of the same file', async () => {
     const first = openStore()
-    const done = await first.insert(newOp('done', { owner: 'alice', input: { deep: [1, { x: 'y' }] } }))
-    await first.insert(newOp('waiting', { createdAt: T0 + 1 }))
+    const done = await first.insert(newOp({ id: 'done', owner: 'alice', input: { deep: [1, { x: 'y' }] } }))
+    await first.insert(newOp({ id: 'waiting', createdAt: T0 + 1 }))
     const [claimed] = await first.claim('w1', [{ name: 'work', limit: 1 }], 1_000, T0 + 2)
     expect(claimed?.id).toBe(done.id)
-    await first.progress({ id: done.id, attempt: 1, worker: 'w1' }, { percent: 80, step: 'almost' })
+    await first.progress({ id: done.id, attempt: 1, worker: 'w1' }, { percent: 80, step: 'almost' }, T0)
     const settled = await first.settle(
       { id: done.id, attempt: 1, worker: 'w1' },
       { state: 'succeeded', result: { answer: 42 }, expiresAt: T0 + 9_999 },
@@ -91,12 +91,12 @@ describe('sqlite store', () => {
 
   it('commits writes issued before close() and rejects those issued after', async () => {
     const store = openStore()
-    const inserted = store.insert(newOp('in-flight'))
+    const inserted = store.insert(newOp({ id: 'in-flight' }))
     const closed = store.close()
     expect(store.close()).toBe(closed)
     await closed
     expect((await inserted).id).toBe('in-flight')
-    const err = await rejection(store.insert(newOp('too-late')))
+    const err = await rejection(store.insert(newOp({ id: 'too-late' })))
     expect((err as LongrunError).code).toBe('store-closed')
 
     const reopened = openStore()
@@ -132,10 +132,29 @@ describe('sqlite store', () => {
     expect(await openStore().get('nothing')).toBeUndefined()
   })
 
+  it('upgrades a file of schema version 2, whose operations have no submitted or progress events', async () => {
+    const db = new Database(path)
+    for (const migration of MIGRATIONS.filter((m) => m.version <= 2)) db.exec(migration.sql)
+    db.pragma('user_version = 2')
+    db.prepare(
+      `INSERT INTO operations (id, name, state, owner, input, params, query, headers, max_attempts, cancelable,
+         created_at, run_at, attempt) VALUES ('old', 'work', 'queued', NULL, '{}', '{}', '{}', '{}', 1, 1, ?, ?, 1)`,
+    ).run(T0, T0)
+    db.prepare(
+      `INSERT INTO operation_events (operation_id, at, event, attempt, worker) VALUES ('old', ?, 'started', 1, 'w1')`,
+    ).run(T0)
+    db.close()
+
+    const store = openStore()
+    expect(await store.history('old')).toStrictEqual([{ seq: 1, at: T0, event: 'started', attempt: 1, worker: 'w1' }])
+    await store.insert(newOp({ id: 'new' }))
+    expect((await store.events('new', { limit: 10 })).map((e) => e.event)).toEqual(['submitted'])
+  })
+
   it('commits 500 inserts issued in the same tick, every one readable afterwards', async () => {
     const store = openStore()
     const ids = Array.from({ length: 500 }, (_, i) => `bulk-${i}`)
-    const inserted = await Promise.all(ids.map((id, i) => store.insert(newOp(id, { input: { i } }))))
+    const inserted = await Promise.all(ids.map((id, i) => store.insert(newOp({ id, input: { i } }))))
     expect(inserted.map((op) => op.id)).toEqual(ids)
     const page = await store.list({ limit: 1_000 })
     expect(page.items.map((op) => op.id)).toEqual([...ids].reverse())
@@ -144,12 +163,12 @@ describe('sqlite store', () => {
 
   it('rejects only the failing write of a group commit; the others commit', async () => {
     const store = openStore()
-    await store.insert(newOp('existing', { input: 'original' }))
+    await store.insert(newOp({ id: 'existing', input: 'original' }))
     const writes = [
-      ...Array.from({ length: 50 }, (_, i) => store.insert(newOp(`ok-${i}`))),
-      store.insert(newOp('existing', { input: 'impostor' })),
-      ...Array.from({ length: 50 }, (_, i) => store.insert(newOp(`ok-${50 + i}`))),
-      store.insert(newOp('ok-7', { input: 'twin in the same batch' })),
+      ...Array.from({ length: 50 }, (_, i) => store.insert(newOp({ id: `ok-${i}` }))),
+      store.insert(newOp({ id: 'existing', input: 'impostor' })),
+      ...Array.from({ length: 50 }, (_, i) => store.insert(newOp({ id: `ok-${50 + i}` }))),
+      store.insert(newOp({ id: 'ok-7', input: 'twin in the same batch' })),
     ]
     const results = await Promise.allSettled(writes)
     const rejected = results.flatMap((r, i) => (r.status === 'rejected' ? [{ i, reason: r.reason as unknown }] : []))
@@ -170,7 +189,10 @@ describe('sqlite store', () => {
 
   it('reports a write SQLite refuses with the SQLite error, and commits the rest of its group', async () => {
     const store = openStore()
-    const writes = [store.insert(newOp('fine')), store.insert(newOp('broken', { name: null as unknown as string }))]
+    const writes = [
+      store.insert(newOp({ id: 'fine' })),
+      store.insert(newOp({ id: 'broken', name: null as unknown as string })),
+    ]
     const [fine, broken] = (await Promise.allSettled(writes)) as [PromiseSettledResult<unknown>, PromiseRejectedResult]
     expect(fine.status).toBe('fulfilled')
     expect(broken.status).toBe('rejected')
@@ -182,7 +204,7 @@ describe('sqlite store', () => {
 
   it('fails only the write whose arguments JSON cannot encode', async () => {
     const store = openStore()
-    const writes = [store.insert(newOp('fine')), store.insert(newOp('bigint', { input: { n: 1n } }))]
+    const writes = [store.insert(newOp({ id: 'fine' })), store.insert(newOp({ id: 'bigint', input: { n: 1n } }))]
     const [fine, bigint] = (await Promise.allSettled(writes)) as [PromiseSettledResult<unknown>, PromiseRejectedResult]
     expect(fine.status).toBe('fulfilled')
     expect(bigint.reason).toBeInstanceOf(TypeError)
@@ -192,7 +214,7 @@ describe('sqlite store', () => {
   it('reads what an awaited write committed, from its own connection', async () => {
     const store = openStore()
     for (let i = 0; i < 20; i++) {
-      const op = await store.insert(newOp(`seen-${i}`))
+      const op = await store.insert(newOp({ id: `seen-${i}` }))
       expect(await store.get(op.id)).toStrictEqual(op)
       const [claimed] = await store.claim('w', [{ name: 'work', limit: 1 }], 1_000, T0 + i)
       expect((await store.get(claimed!.id))?.state).toBe('running')
@@ -202,7 +224,7 @@ describe('sqlite store', () => {
   it('lets two stores on the same file claim each operation once', async () => {
     const a = openStore()
     const b = openStore()
-    await Promise.all(Array.from({ length: 40 }, (_, i) => a.insert(newOp(`shared-${i}`))))
+    await Promise.all(Array.from({ length: 40 }, (_, i) => a.insert(newOp({ id: `shared-${i}` }))))
     const claims = await Promise.all(
       Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).claim(`w${i % 2}`, [{ name: 'work', limit: 3 }], 1_000, T0)),
     )

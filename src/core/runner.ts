@@ -233,7 +233,7 @@ export class Runner {
         const progress: Progress = { percent }
         if (step !== undefined) progress.step = step
         if (description !== undefined) progress.description = description
-        if (await this.#opts.store.progress(lease, progress)) {
+        if (await this.#opts.store.progress(lease, progress, this.#opts.clock())) {
           op.progress = progress
           this.#hooks.progressed(op, progress)
         }

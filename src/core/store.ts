@@ -65,7 +65,7 @@ export interface Store {
    * Records progress while the lease is held, with a `progress` event; `false` and no change
    * otherwise. A store may coalesce progresses of one lease made close together into the last.
    */
-  progress(lease: Lease, progress: Progress): Promise<boolean>
+  progress(lease: Lease, progress: Progress, now: number): Promise<boolean>
   /** Records the attempt's outcome while the lease is held; `undefined` and no change otherwise. */
   settle(lease: Lease, outcome: Outcome, now: number): Promise<Operation | undefined>
   /**

@@ -1,3 +1,6 @@
+import type pg from 'pg'
+import { schemaTooNew } from '../../core/errors.js'
+
 /**
  * Numbered schema migrations, applied in order in one transaction, under an advisory lock so that
  * nodes starting together apply each one once; `<schema>.migrations` records those applied. They run
@@ -111,4 +114,58 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
         FOR EACH ROW EXECUTE FUNCTION notify_operation_change();
     `,
   },
+  {
+    version: 4,
+    name: 'event log',
+    // Progress events carry what the attempt reported; history reads skip them (event <> 'progress').
+    // No trigger change: notices come from the operations table, whose progress UPDATE already sends
+    // one, so the event row written with it adds none.
+    sql: `
+      ALTER TABLE operation_events ADD COLUMN progress JSONB;
+    `,
+  },
 ]
+
+// Advisory lock class for migrations; the schema's hash is the other half of the key.
+const MIGRATION_LOCK = 0x6c6f6e67 // 'long'
+
+/**
+ * Brings `schema` to the latest migration, creating it when missing; refuses with `schema-too-new`
+ * a schema a newer longrun migrated.
+ */
+export async function migrate(pool: pg.Pool, schema: string): Promise<void> {
+  const client = await pool.connect()
+  try {
+    await client.query('BEGIN')
+    // Nodes starting together queue here; each finds what the first one applied.
+    await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [MIGRATION_LOCK, schema])
+    const { rows: found } = await client.query('SELECT 1 FROM pg_namespace WHERE nspname = $1', [schema])
+    // CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when the schema exists.
+    if (found.length === 0) await client.query(`CREATE SCHEMA ${schema}`)
+    await client.query(`SET LOCAL search_path TO ${schema}`)
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS migrations (
+         version INTEGER PRIMARY KEY,
+         name TEXT NOT NULL,
+         applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+       )`,
+    )
+    const { rows } = await client.query<{ version: number | null }>('SELECT max(version) AS version FROM migrations')
+    const current = rows[0]?.version ?? 0
+    const latest = MIGRATIONS[MIGRATIONS.length - 1]!.version
+    if (current > latest) {
+      throw schemaTooNew(` '${schema}'`, current, latest)
+    }
+    for (const migration of MIGRATIONS) {
+      if (migration.version <= current) continue
+      await client.query(migration.sql)
+      await client.query('INSERT INTO migrations (version, name) VALUES ($1, $2)', [migration.version, migration.name])
+    }
+    await client.query('COMMIT')
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => {})
+    throw err
+  } finally {
+    client.release()
+  }
+}

@@ -1,10 +1,10 @@
 import Database, { type Statement } from 'better-sqlite3'
 import { schemaTooNew } from '../../core/errors.js'
-import type { HistoryEvent, Operation, OperationState } from '../../core/types.js'
+import type { HistoryEntry, HistoryEvent, Operation, OperationState } from '../../core/types.js'
 import { MIGRATIONS } from './migrations.js'
 
 // Opening a connection, the schema migrations, statement caching and the mapping of rows to
-// operations: what reads (index.ts) and writes (writes.ts) share.
+// operations: what reads (store.ts) and writes (writes.ts) share.
 
 export type Synchronous = 'FULL' | 'NORMAL'
 
@@ -81,7 +81,10 @@ export interface Row {
   lease_expires_at: number | null
 }
 
-/** A row of `operation_events`: at, event, attempt, worker, actor, has_actor, error. */
+/** The columns of `operation_events` that `EventValues` holds, in its order. */
+export const EVENT_COLUMNS = 'seq, at, event, attempt, worker, actor, has_actor, error, progress'
+
+/** A raw row of `operation_events`, as `EVENT_COLUMNS` selects it. */
 export type EventValues = [
   seq: number,
   at: number,
@@ -91,7 +94,27 @@ export type EventValues = [
   actor: string | null,
   hasActor: number,
   error: string | null,
+  progress: string | null,
 ]
+
+export function toHistoryEntry([
+  seq,
+  at,
+  event,
+  attempt,
+  worker,
+  actor,
+  hasActor,
+  error,
+  progress,
+]: EventValues): HistoryEntry {
+  const entry: HistoryEntry = { seq, at, event, attempt }
+  if (worker !== null) entry.worker = worker
+  if (hasActor === 1) entry.actor = actor
+  if (error !== null) entry.error = JSON.parse(error)
+  if (progress !== null) entry.progress = JSON.parse(progress)
+  return entry
+}
 
 /** Where each column of an operation row sits in a statement's raw rows. */
 type Positions = Record<keyof Row, number>

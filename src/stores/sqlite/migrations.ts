@@ -70,4 +70,12 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
     `,
   },
+  {
+    version: 3,
+    name: 'event log',
+    // Progress events carry what the attempt reported; history reads skip them (event <> 'progress').
+    sql: `
+      ALTER TABLE operation_events ADD COLUMN progress TEXT;
+    `,
+  },
 ]

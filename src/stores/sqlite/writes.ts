@@ -19,34 +19,14 @@ import { operationQueries, statementCache, type Row, type Synchronous } from './
 // Every write the SQLite store makes. `runBatch` commits a group of writes in one transaction.
 
 const HELD = `id = @id AND state = 'running' AND attempt = @attempt AND worker = @worker`
+// Where `delete` and `purge` apply: the states TRANSITIONS.delete lists (src/core/operation.ts).
 const FINISHED = `state IN ('succeeded', 'failed', 'canceled')`
 
-/** The methods a batch may call, and nothing else of the class. */
-export const WRITE_METHODS = [
-  'insert',
-  'insertIdempotent',
-  'claim',
-  'heartbeat',
-  'progress',
-  'settle',
-  'release',
-  'cancel',
-  'requeue',
-  'delete',
-  'purge',
-] as const
-
-export type WriteMethod = (typeof WRITE_METHODS)[number]
-
+/** One write of a batch: a call on the writes object, and whether a power loss may undo it. */
 export interface WriteCall {
-  method: WriteMethod
-  args: unknown[]
+  run: (writes: SqliteWrites) => unknown
+  losable: boolean
 }
-
-export type Settled = { ok: true; value: unknown } | { ok: false; error: unknown }
-
-/** One result per call, in order; or the error that failed the whole transaction (e.g. its COMMIT). */
-export type BatchOutcome = { ok: true; results: Settled[] } | { ok: false; error: unknown }
 
 /**
  * Writes a power loss may undo without breaking a promise: a lost claim, heartbeat or release leaves
@@ -54,7 +34,14 @@ export type BatchOutcome = { ok: true; results: Settled[] } | { ok: false; error
  * lost purge is done again. Groups of only these skip the fsync; the next durable commit syncs them
  * too, as the WAL is one file written in order.
  */
-const LOSABLE: ReadonlySet<WriteMethod> = new Set(['claim', 'heartbeat', 'progress', 'release', 'purge'])
+export const LOSABLE = { losable: true } as const
+/** Every other write: submissions, outcomes, cancels, retries and deletes. */
+export const DURABLE = { losable: false } as const
+
+export type Settled = { ok: true; value: unknown } | { ok: false; error: unknown }
+
+/** One result per call, in order; or the error that failed the whole transaction (e.g. its COMMIT). */
+export type BatchOutcome = { ok: true; results: Settled[] } | { ok: false; error: unknown }
 
 export class SqliteWrites {
   readonly #db: Database.Database
@@ -77,13 +64,12 @@ export class SqliteWrites {
   runBatch(calls: readonly WriteCall[]): BatchOutcome {
     const results: Settled[] = []
     try {
-      this.#sync(calls.every((call) => LOSABLE.has(call.method)) ? 'NORMAL' : this.#synchronous)
+      this.#sync(calls.every((call) => call.losable) ? 'NORMAL' : this.#synchronous)
       this.#db
         .transaction(() => {
-          for (const { method, args } of calls) {
+          for (const call of calls) {
             try {
-              if (!WRITE_METHODS.includes(method)) throw new TypeError(`No such SQLite store write: ${String(method)}`)
-              results.push({ ok: true, value: (this[method] as (...args: unknown[]) => unknown)(...args) })
+              results.push({ ok: true, value: call.run(this) })
             } catch (error) {
               results.push({ ok: false, error })
             }
@@ -103,8 +89,9 @@ export class SqliteWrites {
   }
 
   insert(op: NewOperation): Operation {
+    let inserted: Operation
     try {
-      return this.#ops(
+      inserted = this.#ops(
         `INSERT INTO operations (id, name, state, owner, input, params, query, headers, max_attempts, cancelable,
              timeout_ms, created_at, run_at)
            VALUES (@id, @name, 'queued', @owner, @input, @params, @query, @headers, @maxAttempts, @cancelable,
@@ -127,6 +114,8 @@ export class SqliteWrites {
       if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw duplicateOperationId(op.id)
       throw err
     }
+    this.#record(op.id, { at: op.createdAt, event: 'submitted', attempt: 0, actor: op.owner })
+    return inserted
   }
 
   insertIdempotent(op: NewOperation, key: IdempotencyKey, now: number): IdempotentInsert {
@@ -185,13 +174,14 @@ export class SqliteWrites {
     return { held: row !== undefined, cancelRequested: row?.cancel_requested === 1 }
   }
 
-  progress(lease: Lease, progress: Progress): boolean {
-    return (
+  progress(lease: Lease, progress: Progress, at: number): boolean {
+    const held =
       this.#sql(`UPDATE operations SET progress = @progress WHERE ${HELD}`).run({
         ...lease,
         progress: JSON.stringify(progress),
       }).changes === 1
-    )
+    if (held) this.#record(lease.id, { at, event: 'progress', attempt: lease.attempt, worker: lease.worker, progress })
+    return held
   }
 
   settle(lease: Lease, outcome: Outcome, now: number): Operation | undefined {
@@ -281,8 +271,8 @@ export class SqliteWrites {
 
   #record(id: string, entry: Omit<HistoryEntry, 'seq'>): void {
     this.#sql(
-      `INSERT INTO operation_events (operation_id, at, event, attempt, worker, actor, has_actor, error)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO operation_events (operation_id, at, event, attempt, worker, actor, has_actor, error, progress)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(
       id,
       entry.at,
@@ -292,6 +282,7 @@ export class SqliteWrites {
       entry.actor ?? null,
       entry.actor === undefined ? 0 : 1,
       entry.error === undefined ? null : JSON.stringify(entry.error),
+      entry.progress === undefined ? null : JSON.stringify(entry.progress),
     )
   }
 }

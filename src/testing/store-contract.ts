@@ -1,14 +1,25 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { LongrunError } from '../src/core/errors.js'
-import type { Store } from '../src/core/store.js'
-import type { HistoryEntry, IdempotencyKey, Lease, NewOperation, Operation, OperationError } from '../src/core/types.js'
-import { rejection, T0 } from './helpers/stores.js'
+import { LongrunError } from '../core/errors.js'
+import { allows, OPERATION_STATES, TRANSITIONS, type Action, type OperationState } from '../core/operation.js'
+import { hasEventLog, type EventLog, type Store } from '../core/store.js'
+import type {
+  HistoryEntry,
+  IdempotencyKey,
+  Lease,
+  NewOperation,
+  Operation,
+  OperationError,
+  Outcome,
+} from '../core/types.js'
 
 /** One opened store under test; `cleanup` runs after the contract has closed the store. */
 export interface OpenedStore {
   store: Store
   cleanup?: () => Promise<void>
 }
+
+/** The injected "now" the store tests start from: stores must never read their own clock. */
+export const T0 = 1_700_000_000_000
 
 // Every time below is an injected clock value: the store must never read its own.
 const LEASE = 1_000
@@ -23,13 +34,15 @@ const boom: OperationError = {
 
 let counter = 0
 
-function newOp(overrides: Partial<NewOperation> = {}): NewOperation {
+/** A new operation of name `work`, owned by `alice`, with a fresh id unless given one; its input names its id. */
+export function newOp(overrides: Partial<NewOperation> = {}): NewOperation {
   counter++
+  const id = overrides.id ?? `op-${String(counter).padStart(5, '0')}`
   return {
-    id: `op-${String(counter).padStart(5, '0')}`,
+    id,
     name: 'work',
     owner: 'alice',
-    input: { n: counter },
+    input: { id },
     params: {},
     query: {},
     headers: {},
@@ -45,9 +58,21 @@ const leaseOf = (op: Operation): Lease => ({ id: op.id, attempt: op.attempt, wor
 
 const ids = (ops: { id: string }[]) => ops.map((op) => op.id)
 
+/** History entries without their `seq`, which stores number as they like as long as it increases. */
+const unnumbered = (entries: HistoryEntry[]) => entries.map(({ seq: _seq, ...entry }) => entry)
+
+function expectIncreasing(entries: HistoryEntry[]): void {
+  for (let i = 1; i < entries.length; i++) expect(entries[i]!.seq).toBeGreaterThan(entries[i - 1]!.seq)
+}
+
 /**
- * The conformance suite every `Store` must pass. Compare-and-set semantics are checked through the
- * public interface only, with plain numbers for `now`, so the suite never sleeps.
+ * The conformance suite every `Store` must pass, for a bundled store or anyone else's: call it from
+ * a vitest test file with a function that opens a fresh, empty store. Compare-and-set semantics are
+ * checked through the public interface only, with plain numbers for `now`, so the suite never
+ * sleeps. The cases of an optional capability (`EventLog`) run only on stores that have it.
+ *
+ * List cursors: a store answers a cursor it never issued (`'NaN'`, `'abc'`, `'-1'`, `'1.5'`) with an
+ * empty page and no `nextCursor`, rather than an error or the first page.
  */
 export function storeContract(name: string, open: () => Promise<OpenedStore>): void {
   describe(`${name} store`, () => {
@@ -71,9 +96,13 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
       return claimed[0]!
     }
 
-    async function finished(state: 'succeeded' | 'failed' | 'canceled', expiresAt = T0 + RETAIN): Promise<Operation> {
+    async function finished(
+      state: 'succeeded' | 'failed' | 'canceled',
+      expiresAt = T0 + RETAIN,
+      overrides: Partial<NewOperation> = {},
+    ): Promise<Operation> {
       // A name of its own, so that it never claims another test's queued operation instead.
-      const op = await running({ name: 'done' })
+      const op = await running({ name: 'done', ...overrides })
       const outcome =
         state === 'succeeded'
           ? ({ state, result: { ok: true }, expiresAt } as const)
@@ -140,9 +169,9 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
 
       it('rejects a duplicate id with duplicate-operation-id and keeps the original', async () => {
         const first = await store.insert(newOp({ id: 'dup', input: 'first' }))
-        const err = await rejection(store.insert(newOp({ id: 'dup', input: 'second', name: 'other' })))
-        expect(err).toBeInstanceOf(LongrunError)
-        expect((err as LongrunError).code).toBe('duplicate-operation-id')
+        const err = store.insert(newOp({ id: 'dup', input: 'second', name: 'other' }))
+        await expect(err).rejects.toBeInstanceOf(LongrunError)
+        await expect(err).rejects.toMatchObject({ code: 'duplicate-operation-id' })
         expect(await store.get('dup')).toStrictEqual(first)
         expect((await store.list({ limit: 10 })).items).toHaveLength(1)
       })
@@ -341,10 +370,10 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
 
       it('starts every attempt at zero progress, whether after a lease loss or a scheduled retry', async () => {
         const lost = await running({}, 'w1', T0)
-        expect(await store.progress(leaseOf(lost), { percent: 80, step: 'upload' })).toBe(true)
+        expect(await store.progress(leaseOf(lost), { percent: 80, step: 'upload' }, T0)).toBe(true)
         const [takenOver] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE)
         expect(takenOver).toMatchObject({ id: lost.id, attempt: 2, progress: { percent: 0 } })
-        expect(await store.progress(leaseOf(takenOver!), { percent: 60 })).toBe(true)
+        expect(await store.progress(leaseOf(takenOver!), { percent: 60 }, T0)).toBe(true)
         await store.settle(leaseOf(takenOver!), { state: 'queued', error: boom, runAt: T0 + LEASE }, T0 + LEASE)
         const [retried] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE + 1)
         expect(retried).toMatchObject({ id: lost.id, attempt: 3, progress: { percent: 0 } })
@@ -361,7 +390,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           held: false,
           cancelRequested: false,
         })
-        expect(await store.progress(leaseOf(stale), { percent: 99, step: 'stale' })).toBe(false)
+        expect(await store.progress(leaseOf(stale), { percent: 99, step: 'stale' }, T0)).toBe(false)
         expect(
           await store.settle(leaseOf(stale), { state: 'succeeded', result: 'stale', expiresAt: T0 }, T0 + LEASE + 3),
         ).toBeUndefined()
@@ -376,7 +405,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
 
         expect(await store.get(stale.id)).toStrictEqual(before)
         // The new holder still can.
-        expect(await store.progress(leaseOf(fresh!), { percent: 10 })).toBe(true)
+        expect(await store.progress(leaseOf(fresh!), { percent: 10 }, T0)).toBe(true)
         expect((await store.settle(leaseOf(fresh!), { state: 'succeeded', result: 1, expiresAt: T0 }, T0))?.state).toBe(
           'succeeded',
         )
@@ -432,13 +461,15 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
 
       it('records progress while the lease is held', async () => {
         const op = await running()
-        expect(await store.progress(leaseOf(op), { percent: 40, step: 'download', description: 'Fetching' })).toBe(true)
+        expect(await store.progress(leaseOf(op), { percent: 40, step: 'download', description: 'Fetching' }, T0)).toBe(
+          true,
+        )
         expect((await store.get(op.id))!.progress).toStrictEqual({
           percent: 40,
           step: 'download',
           description: 'Fetching',
         })
-        expect(await store.progress(leaseOf(op), { percent: 50 })).toBe(true)
+        expect(await store.progress(leaseOf(op), { percent: 50 }, T0)).toBe(true)
         expect((await store.get(op.id))!.progress).toStrictEqual({ percent: 50 })
       })
 
@@ -446,14 +477,14 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const queued = await store.insert(newOp())
         const notHeld = { id: queued.id, attempt: 0, worker: 'w1' }
         expect(await store.heartbeat(notHeld, LEASE, T0)).toEqual({ held: false, cancelRequested: false })
-        expect(await store.progress(notHeld, { percent: 1 })).toBe(false)
+        expect(await store.progress(notHeld, { percent: 1 }, T0)).toBe(false)
         expect(await store.heartbeat({ id: 'nope', attempt: 1, worker: 'w1' }, LEASE, T0)).toMatchObject({
           held: false,
         })
         const done = await finished('succeeded')
         const doneLease = { id: done.id, attempt: done.attempt, worker: 'w1' }
         expect((await store.heartbeat(doneLease, LEASE, T0)).held).toBe(false)
-        expect(await store.progress(doneLease, { percent: 1 })).toBe(false)
+        expect(await store.progress(doneLease, { percent: 1 }, T0)).toBe(false)
         expect((await store.get(queued.id))!.progress).toStrictEqual({ percent: 0 })
       })
     })
@@ -461,7 +492,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
     describe('settle', () => {
       it('records success with its result and retention', async () => {
         const op = await running()
-        await store.progress(leaseOf(op), { percent: 100 })
+        await store.progress(leaseOf(op), { percent: 100 }, T0)
         const result = { rows: [1, 2, { x: null }], total: 3, label: 'ünïcode' }
         const settled = await store.settle(leaseOf(op), { state: 'succeeded', result, expiresAt: T0 + RETAIN }, T0 + 50)
         const expected: Operation = {
@@ -517,7 +548,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const [again] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + 300)
         expect(again).toMatchObject({ id: op.id, state: 'running', attempt: 2, worker: 'w2', startedAt: T0 + 300 })
         // The first attempt's lease is gone for good.
-        expect(await store.progress(leaseOf(op), { percent: 5 })).toBe(false)
+        expect(await store.progress(leaseOf(op), { percent: 5 }, T0)).toBe(false)
 
         const done = await store.settle(leaseOf(again!), { state: 'succeeded', result: 'ok', expiresAt: T0 }, T0 + 400)
         expect(done).toMatchObject({ state: 'succeeded', result: 'ok', attempt: 2 })
@@ -598,7 +629,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
     describe('requeue', () => {
       it('queues a failed operation again with a fresh budget, clearing its outcome', async () => {
         const op = await running({ maxAttempts: 2 })
-        await store.progress(leaseOf(op), { percent: 70, step: 'half' })
+        await store.progress(leaseOf(op), { percent: 70, step: 'half' }, T0)
         await store.settle(leaseOf(op), { state: 'failed', error: boom, expiresAt: T0 + RETAIN }, T0 + 10)
 
         const queued = await store.requeue(op.id, 3, T0 + 20)
@@ -675,7 +706,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const a2 = await claim('w2', T0 + LEASE) // w1 died
         await store.settle(leaseOf(a2), { state: 'queued', error: boom, runAt: T0 + LEASE + 10 }, T0 + LEASE + 5)
         const a3 = await claim('w3', T0 + LEASE + 10)
-        await store.progress(leaseOf(a3), { percent: 50 })
+        await store.progress(leaseOf(a3), { percent: 50 }, T0)
         await store.heartbeat(leaseOf(a3), LEASE, T0 + LEASE + 11)
         await store.release(leaseOf(a3), T0 + LEASE + 12)
         const a4 = await claim('w1', T0 + LEASE + 13)
@@ -689,6 +720,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(a1.attempt).toBe(1)
 
         const expected: Omit<HistoryEntry, 'seq'>[] = [
+          { at: T0, event: 'submitted', attempt: 0, actor: 'alice' },
           { at: T0, event: 'started', attempt: 1, worker: 'w1' },
           { at: T0 + LEASE, event: 'lease-lost', attempt: 1, worker: 'w1' },
           { at: T0 + LEASE, event: 'started', attempt: 2, worker: 'w2' },
@@ -703,16 +735,15 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           { at: T0 + LEASE + 19, event: 'succeeded', attempt: 5, worker: 'w2' },
         ]
         const history = await store.history(op.id)
-        expect(history.map(({ seq: _seq, ...entry }) => entry)).toStrictEqual(expected)
-        const seqs = history.map((entry) => entry.seq)
-        expect(seqs).toEqual([...seqs].sort((a, b) => a - b))
-        expect(new Set(seqs).size).toBe(seqs.length)
+        expect(unnumbered(history)).toStrictEqual(expected)
+        expectIncreasing(history)
       })
 
       it('records a queued cancel with its actor and error', async () => {
         const op = await store.insert(newOp())
         await store.cancel(op.id, T0 + 3, T0 + RETAIN, 'alice')
-        const [entry, ...rest] = await store.history(op.id)
+        const [submitted, entry, ...rest] = await store.history(op.id)
+        expect(submitted?.event).toBe('submitted')
         expect(rest).toEqual([])
         expect(entry).toMatchObject({ at: T0 + 3, event: 'canceled', attempt: 0, actor: 'alice' })
         expect(entry!.error?.code).toBe('canceled')
@@ -723,7 +754,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const stale = await running({ cancelable: false })
         const [fresh] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE)
         const before = await store.history(stale.id)
-        expect(before.map((e) => e.event)).toEqual(['started', 'lease-lost', 'started'])
+        expect(before.map((e) => e.event)).toEqual(['submitted', 'started', 'lease-lost', 'started'])
         await store.settle(leaseOf(stale), { state: 'succeeded', result: 1, expiresAt: T0 }, T0 + LEASE + 1)
         await store.settle(leaseOf(stale), { state: 'queued', error: boom, runAt: T0 }, T0 + LEASE + 1)
         await store.release(leaseOf(stale), T0 + LEASE + 1)
@@ -733,10 +764,31 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(fresh?.attempt).toBe(2)
       })
 
-      it('answers an empty history for a new or unknown operation', async () => {
-        const op = await store.insert(newOp())
-        expect(await store.history(op.id)).toEqual([])
+      it('starts with submitted, by the owner at the creation time, and is empty for an unknown operation', async () => {
+        const op = await store.insert(newOp({ createdAt: T0 + 3 }))
+        const anonymous = await store.insert(newOp({ owner: null }))
+        expect(unnumbered(await store.history(op.id))).toStrictEqual([
+          { at: T0 + 3, event: 'submitted', attempt: 0, actor: 'alice' },
+        ])
+        expect(unnumbered(await store.history(anonymous.id))).toStrictEqual([
+          { at: T0, event: 'submitted', attempt: 0, actor: null },
+        ])
         expect(await store.history('nope')).toEqual([])
+      })
+
+      it('records submitted once for an idempotent insert, and nothing for a replay or a duplicate id', async () => {
+        const key: IdempotencyKey = { scope: 'alice\u0000work', key: 'k', fingerprint: 'fp', expiresAt: T0 + 100 }
+        const first = await store.insertIdempotent(newOp(), key, T0)
+        const op = (first as { op: Operation }).op
+        expect((await store.insertIdempotent(newOp(), key, T0 + 1)).kind).toBe('replayed')
+        await expect(store.insert(newOp({ id: op.id }))).rejects.toMatchObject({ code: 'duplicate-operation-id' })
+        expect((await store.history(op.id)).map((e) => e.event)).toEqual(['submitted'])
+      })
+
+      it('leaves progress out', async () => {
+        const op = await running()
+        expect(await store.progress(leaseOf(op), { percent: 30 }, T0)).toBe(true)
+        expect((await store.history(op.id)).map((e) => e.event)).toEqual(['submitted', 'started'])
       })
 
       it('forgets the history of deleted and purged operations', async () => {
@@ -747,10 +799,10 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(await store.purge(T0 + 5, 10)).toBe(1)
         expect(await store.history(deleted.id)).toEqual([])
         expect(await store.history(purged.id)).toEqual([])
-        expect((await store.history(kept.id)).map((e) => e.event)).toEqual(['started', 'canceled'])
+        expect((await store.history(kept.id)).map((e) => e.event)).toEqual(['submitted', 'started', 'canceled'])
         // An id used again starts a history of its own.
         await store.insert(newOp({ id: deleted.id }))
-        expect(await store.history(deleted.id)).toEqual([])
+        expect((await store.history(deleted.id)).map((e) => e.event)).toEqual(['submitted'])
       })
     })
 
@@ -852,8 +904,9 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
 
       it('rejects a duplicate id without taking the key', async () => {
         await store.insert(newOp({ id: 'taken' }))
-        const err = await rejection(store.insertIdempotent(newOp({ id: 'taken' }), key(), T0))
-        expect((err as LongrunError).code).toBe('duplicate-operation-id')
+        await expect(store.insertIdempotent(newOp({ id: 'taken' }), key(), T0)).rejects.toMatchObject({
+          code: 'duplicate-operation-id',
+        })
         expect((await store.insertIdempotent(newOp(), key(), T0 + 1)).kind).toBe('inserted')
       })
     })
@@ -885,6 +938,234 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(await store.purge(T0, 2)).toBe(1)
         expect(await store.purge(T0, 2)).toBe(0)
         expect((await store.list({ limit: 10 })).items).toEqual([])
+      })
+    })
+
+    describe('list with a cursor it never issued', () => {
+      it.each(['NaN', 'abc', '-1', '1.5', '', ' 1', '1e3', 'Infinity', '0x10', '9'.repeat(30)])(
+        'answers %j with an empty page',
+        async (cursor) => {
+          for (let i = 0; i < 3; i++) await store.insert(newOp())
+          expect(await store.list({ limit: 10, cursor })).toStrictEqual({ items: [] })
+          expect(await store.list({ limit: 10, cursor, states: ['queued'], owner: 'alice' })).toStrictEqual({
+            items: [],
+          })
+        },
+      )
+
+      it('answers a cursor before the first operation with an empty page', async () => {
+        await store.insert(newOp())
+        expect(await store.list({ limit: 10, cursor: '0' })).toStrictEqual({ items: [] })
+      })
+    })
+
+    describe('event log', () => {
+      let log: Store & EventLog
+
+      beforeEach(({ skip }) => {
+        if (!hasEventLog(store)) skip()
+        log = store as Store & EventLog
+      })
+
+      const all = (id: string) => log.events(id, { limit: 1_000 })
+
+      it('holds every event of the history and the progress events, oldest first, seq increasing', async () => {
+        const op = await running({ maxAttempts: 2 })
+        expect(await store.progress(leaseOf(op), { percent: 10, step: 'one' }, T0)).toBe(true)
+        await store.heartbeat(leaseOf(op), LEASE, T0 + 1)
+        expect(await store.progress(leaseOf(op), { percent: 60, description: 'more' }, T0 + 1)).toBe(true)
+        await store.settle(leaseOf(op), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN }, T0 + 2)
+
+        const events = await all(op.id)
+        expect(events.map((e) => e.event)).toEqual(['submitted', 'started', 'progress', 'progress', 'succeeded'])
+        expectIncreasing(events)
+        const progresses = events.filter((e) => e.event === 'progress')
+        expect(progresses.map((e) => e.progress)).toStrictEqual([
+          { percent: 10, step: 'one' },
+          { percent: 60, description: 'more' },
+        ])
+        // Stamped with the caller's clock, as every other write: a store never reads its own.
+        expect(progresses.map((e) => e.at)).toEqual([T0, T0 + 1])
+        for (const entry of progresses) expect(entry).toMatchObject({ attempt: 1, worker: 'w1' })
+        // The history is the event log without its progress events, entry for entry.
+        expect(await store.history(op.id)).toStrictEqual(events.filter((e) => e.event !== 'progress'))
+      })
+
+      it('records the last of progresses made together, and nothing that was never reported', async () => {
+        const op = await running()
+        const reported = Array.from({ length: 5 }, (_, i) => ({ percent: (i + 1) * 10 }))
+        expect(await Promise.all(reported.map((p) => store.progress(leaseOf(op), p, T0)))).toEqual(
+          reported.map(() => true),
+        )
+        const progresses = (await all(op.id)).filter((e) => e.event === 'progress').map((e) => e.progress)
+        expect(progresses.length).toBeGreaterThanOrEqual(1)
+        expect(progresses[progresses.length - 1]).toStrictEqual({ percent: 50 })
+        for (const p of progresses) expect(reported).toContainEqual(p)
+      })
+
+      it('pages with after and limit, with no gap and no duplicate, and only its own events', async () => {
+        const a = await running({ name: 'a', maxAttempts: 3 })
+        const b = await running({ name: 'b' })
+        for (let i = 1; i <= 6; i++) {
+          await store.progress(leaseOf(a), { percent: i }, T0)
+          await store.progress(leaseOf(b), { percent: i }, T0)
+        }
+        await store.settle(leaseOf(a), { state: 'queued', error: boom, runAt: T0 }, T0 + 1)
+        const full = await all(a.id)
+        expect(full.map((e) => e.event)).toEqual([
+          'submitted',
+          'started',
+          ...Array.from({ length: 6 }, () => 'progress'),
+          'retry-scheduled',
+        ])
+        expect(full.every((e) => e.event !== 'progress' || e.worker === 'w1')).toBe(true)
+        expect((await all(b.id)).map((e) => e.progress?.percent ?? e.event)).toEqual([
+          'submitted',
+          'started',
+          1,
+          2,
+          3,
+          4,
+          5,
+          6,
+        ])
+        for (const limit of [1, 3, 4, 9, 10]) {
+          const seen: HistoryEntry[] = []
+          let after: number | undefined
+          for (;;) {
+            const page = await log.events(a.id, { limit, ...(after === undefined ? {} : { after }) })
+            expect(page.length).toBeLessThanOrEqual(limit)
+            seen.push(...page)
+            if (page.length < limit) break
+            after = page[page.length - 1]!.seq
+          }
+          expect(seen).toStrictEqual(full)
+        }
+        expect(await log.events(a.id, { after: full[full.length - 1]!.seq, limit: 10 })).toEqual([])
+        expect(await log.events(a.id, { after: full[3]!.seq, limit: 2 })).toStrictEqual(full.slice(4, 6))
+        expect(await log.events(a.id, { after: 0, limit: 2 })).toStrictEqual(full.slice(0, 2))
+        expect(await log.events('nope', { limit: 10 })).toEqual([])
+      })
+
+      it('records no event for a write that changed nothing', async () => {
+        const stale = await running()
+        const [fresh] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE)
+        const before = await all(stale.id)
+        expect(before.map((e) => e.event)).toEqual(['submitted', 'started', 'lease-lost', 'started'])
+        expect(await store.progress(leaseOf(stale), { percent: 99 }, T0)).toBe(false)
+        await store.heartbeat(leaseOf(stale), LEASE, T0 + LEASE + 1)
+        await store.settle(leaseOf(stale), { state: 'succeeded', result: 1, expiresAt: T0 }, T0 + LEASE + 1)
+        await store.settle(leaseOf(stale), { state: 'queued', error: boom, runAt: T0 }, T0 + LEASE + 1)
+        await store.release(leaseOf(stale), T0 + LEASE + 1)
+        await store.requeue(stale.id, 1, T0 + LEASE + 1, 'alice')
+        expect(await all(stale.id)).toStrictEqual(before)
+
+        const queued = await store.insert(newOp())
+        expect(await store.progress({ id: queued.id, attempt: 0, worker: 'w1' }, { percent: 5 }, T0)).toBe(false)
+        expect((await all(queued.id)).map((e) => e.event)).toEqual(['submitted'])
+        expect(fresh?.attempt).toBe(2)
+      })
+
+      it('forgets the events of deleted and purged operations', async () => {
+        const deleted = await running({ name: 'done' })
+        await store.progress(leaseOf(deleted), { percent: 50 }, T0)
+        await store.settle(leaseOf(deleted), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN }, T0 + 1)
+        const purged = await finished('failed', T0 + 5)
+        const kept = await finished('canceled', T0 + RETAIN)
+        expect(await store.delete(deleted.id)).toBe(true)
+        expect(await store.purge(T0 + 5, 10)).toBe(1)
+        expect(await all(deleted.id)).toEqual([])
+        expect(await all(purged.id)).toEqual([])
+        expect((await all(kept.id)).map((e) => e.event)).toEqual(['submitted', 'started', 'canceled'])
+        await store.insert(newOp({ id: deleted.id }))
+        expect((await all(deleted.id)).map((e) => e.event)).toEqual(['submitted'])
+      })
+    })
+
+    describe('the transition table', () => {
+      // Every action of TRANSITIONS on an operation in every state: the store changes it exactly
+      // when the table allows the action from that state, and only to a state the table lists.
+      const NOW = T0 + 10
+      const OUTCOMES: Record<Outcome['state'], Outcome> = {
+        succeeded: { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN },
+        failed: { state: 'failed', error: boom, expiresAt: T0 + RETAIN },
+        canceled: { state: 'canceled', error: boom, expiresAt: T0 + RETAIN },
+        queued: { state: 'queued', error: boom, runAt: NOW },
+      }
+
+      interface Case {
+        action: Action
+        state: OperationState
+        /** Why the action does not apply although the table lists the state, or a variant of it. */
+        variant?: 'lease expired' | 'not cancelable' | Outcome['state']
+        changes: boolean
+      }
+
+      const cases: Case[] = []
+      for (const action of Object.keys(TRANSITIONS) as Action[]) {
+        for (const state of OPERATION_STATES) {
+          const allowed = allows(action, state)
+          if (action === 'claim' && state === 'running') {
+            // Claimable only once its worker's lease expired.
+            cases.push({ action, state, changes: false })
+            cases.push({ action, state, variant: 'lease expired', changes: true })
+          } else if (action === 'settle') {
+            for (const outcome of Object.keys(OUTCOMES) as Outcome['state'][]) {
+              cases.push({ action, state, variant: outcome, changes: allowed })
+            }
+          } else {
+            cases.push({ action, state, changes: allowed })
+            if (action === 'cancel') cases.push({ action, state, variant: 'not cancelable', changes: false })
+          }
+        }
+      }
+
+      async function inState(state: OperationState, cancelable: boolean): Promise<Operation> {
+        if (state === 'queued') return store.insert(newOp({ cancelable }))
+        if (state === 'running') return running({ cancelable })
+        return finished(state, T0 + RETAIN, { name: 'work', cancelable })
+      }
+
+      function act(op: Operation, { action, variant }: Case): Promise<unknown> {
+        // The lease the operation runs, or last ran, under.
+        const lease = { id: op.id, attempt: op.attempt, worker: 'w1' }
+        switch (action) {
+          case 'claim':
+            return store.claim(
+              'w2',
+              [{ name: op.name, limit: 1 }],
+              LEASE,
+              variant === 'lease expired' ? T0 + LEASE : NOW,
+            )
+          case 'settle':
+            return store.settle(lease, OUTCOMES[variant as Outcome['state']], NOW)
+          case 'release':
+            return store.release(lease, NOW)
+          case 'cancel':
+            return store.cancel(op.id, NOW, T0 + RETAIN, 'bob')
+          case 'retry':
+            return store.requeue(op.id, 1, NOW, 'bob')
+          case 'delete':
+            return store.delete(op.id)
+        }
+      }
+
+      it.each(cases)('$action on $state ($variant): changes it: $changes', async (c) => {
+        const op = await inState(c.state, c.variant !== 'not cancelable')
+        expect(op.state).toBe(c.state)
+        const before = await store.get(op.id)
+        const history = await store.history(op.id)
+        await act(op, c)
+        const after = await store.get(op.id)
+        if (!c.changes) {
+          expect(after).toStrictEqual(before)
+          expect(await store.history(op.id)).toStrictEqual(history)
+          return
+        }
+        expect(after).not.toStrictEqual(before)
+        const reached = after?.state ?? 'deleted'
+        expect(TRANSITIONS[c.action][c.state]).toContain(reached)
+        if (c.action === 'settle') expect(reached).toBe(c.variant)
       })
     })
   })

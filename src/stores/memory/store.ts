@@ -1,0 +1,321 @@
+import { canceledError, duplicateOperationId } from '../../core/errors.js'
+import { allows, canCancel, isTerminal } from '../../core/operation.js'
+import type { EventLog, Store } from '../../core/store.js'
+import type {
+  ClaimRequest,
+  HistoryEntry,
+  IdempotencyKey,
+  IdempotencyLookup,
+  IdempotentInsert,
+  IdempotentUse,
+  Lease,
+  LeaseStatus,
+  ListQuery,
+  NewOperation,
+  Operation,
+  Outcome,
+  Page,
+  Progress,
+  Readable,
+  StatsQuery,
+  StatsRow,
+} from '../../core/types.js'
+import { cursorPosition } from '../cursor.js'
+
+interface Entry {
+  seq: number
+  op: Operation
+}
+
+export class MemoryStore implements Store, EventLog {
+  // Insertion order is `seq` order, which list() walks backwards for newest first.
+  readonly #entries = new Map<string, Entry>()
+  readonly #history = new Map<string, HistoryEntry[]>()
+  readonly #keys = new Map<string, { fingerprint: string; operationId: string; expiresAt: number }>()
+  // Queued and running operations by name: claims look at these only, however many finished ones are kept.
+  readonly #live = new Map<string, Set<Operation>>()
+  #seq = 0
+  // One sequence for the events of every operation, as the SQL stores have: increasing per operation.
+  #eventSeq = 0
+
+  async insert(input: NewOperation): Promise<Operation> {
+    return this.#insert(input)
+  }
+
+  #insert(input: NewOperation): Operation {
+    if (this.#entries.has(input.id)) throw duplicateOperationId(input.id)
+    const op: Operation = {
+      ...structuredClone(input),
+      state: 'queued',
+      progress: { percent: 0 },
+      attempt: 0,
+      cancelRequested: false,
+      runAt: input.createdAt,
+    }
+    this.#entries.set(op.id, { seq: ++this.#seq, op })
+    this.#track(op)
+    this.#record(op, { at: op.createdAt, event: 'submitted', attempt: 0, actor: op.owner })
+    return structuredClone(op)
+  }
+
+  async insertIdempotent(input: NewOperation, key: IdempotencyKey, now: number): Promise<IdempotentInsert> {
+    const used = this.#used(key, now)
+    if (used) return used
+    // No await between the check above and the key below: concurrent uses of one key make one operation.
+    const op = this.#insert(input)
+    this.#keys.set(slotOf(key), { fingerprint: key.fingerprint, operationId: op.id, expiresAt: key.expiresAt })
+    return { kind: 'inserted', op }
+  }
+
+  async findIdempotent(key: IdempotencyLookup, now: number): Promise<IdempotentUse | undefined> {
+    return this.#used(key, now)
+  }
+
+  #used(key: IdempotencyLookup, now: number): IdempotentUse | undefined {
+    const used = this.#keys.get(slotOf(key))
+    const made = used && used.expiresAt > now ? this.#entries.get(used.operationId) : undefined
+    if (!used || !made) return undefined
+    return used.fingerprint === key.fingerprint
+      ? { kind: 'replayed', op: structuredClone(made.op) }
+      : { kind: 'mismatch' }
+  }
+
+  async history(id: string): Promise<HistoryEntry[]> {
+    return structuredClone((this.#history.get(id) ?? []).filter((entry) => entry.event !== 'progress'))
+  }
+
+  async events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]> {
+    const after = range.after ?? 0
+    const found: HistoryEntry[] = []
+    for (const entry of this.#history.get(id) ?? []) {
+      if (found.length >= range.limit) break
+      if (entry.seq > after) found.push(entry)
+    }
+    return structuredClone(found)
+  }
+
+  async get(id: string): Promise<Operation | undefined> {
+    const entry = this.#entries.get(id)
+    return entry && structuredClone(entry.op)
+  }
+
+  async list(query: ListQuery): Promise<Page> {
+    const before = query.cursor === undefined ? Infinity : cursorPosition(query.cursor)
+    if (before === undefined) return { items: [] }
+    const all = [...this.#entries.values()]
+    const items: Entry[] = []
+    for (let i = all.length - 1; i >= 0 && items.length <= query.limit; i--) {
+      const entry = all[i]!
+      const { op } = entry
+      if (entry.seq >= before) continue
+      // An empty `states` filters nothing, as in the SQLite store.
+      if (query.states?.length && !query.states.includes(op.state)) continue
+      if (query.name !== undefined && op.name !== query.name) continue
+      if (query.owner !== undefined && op.owner !== query.owner) continue
+      if (!isReadable(op, query.readable)) continue
+      items.push(entry)
+    }
+    const more = items.length > query.limit
+    const page = items.slice(0, query.limit)
+    return {
+      items: page.map((e) => structuredClone(e.op)),
+      ...(more ? { nextCursor: String(page[page.length - 1]!.seq) } : {}),
+    }
+  }
+
+  async stats(query: StatsQuery): Promise<StatsRow[]> {
+    const counts = new Map<string, StatsRow>()
+    for (const { op } of this.#entries.values()) {
+      if (query.owner !== undefined && op.owner !== query.owner) continue
+      if (query.states?.length && !query.states.includes(op.state)) continue
+      if (!isReadable(op, query.readable)) continue
+      const key = `${op.name}\u0000${op.state}`
+      const row = counts.get(key) ?? { name: op.name, state: op.state, count: 0 }
+      row.count++
+      counts.set(key, row)
+    }
+    return [...counts.values()]
+  }
+
+  async claim(worker: string, wants: ClaimRequest[], leaseMs: number, now: number): Promise<Operation[]> {
+    const claimed: Operation[] = []
+    for (const want of wants) {
+      let left = want.limit
+      for (const op of this.#live.get(want.name) ?? []) {
+        if (left === 0) break
+        const expired = op.state === 'running' && op.leaseExpiresAt! <= now
+        if (!(expired || (op.state === 'queued' && op.runAt <= now))) continue
+        if (expired) this.#record(op, { at: now, event: 'lease-lost', attempt: op.attempt, worker: op.worker! })
+        op.state = 'running'
+        op.attempt++
+        op.worker = worker
+        op.leaseExpiresAt = now + leaseMs
+        op.startedAt = now
+        op.progress = { percent: 0 }
+        this.#record(op, { at: now, event: 'started', attempt: op.attempt, worker })
+        left--
+        claimed.push(structuredClone(op))
+      }
+    }
+    return claimed
+  }
+
+  async heartbeat(lease: Lease, leaseMs: number, now: number): Promise<LeaseStatus> {
+    const op = this.#held(lease)
+    if (!op) return { held: false, cancelRequested: false }
+    op.leaseExpiresAt = now + leaseMs
+    return { held: true, cancelRequested: op.cancelRequested }
+  }
+
+  async progress(lease: Lease, progress: Progress, now: number): Promise<boolean> {
+    const op = this.#held(lease)
+    if (!op) return false
+    op.progress = { ...progress }
+    this.#record(op, {
+      at: now,
+      event: 'progress',
+      attempt: op.attempt,
+      worker: lease.worker,
+      progress: op.progress,
+    })
+    return true
+  }
+
+  async settle(lease: Lease, outcome: Outcome, now: number): Promise<Operation | undefined> {
+    const op = this.#held(lease)
+    if (!op) return undefined
+    delete op.worker
+    delete op.leaseExpiresAt
+    this.#record(op, {
+      at: now,
+      event: outcome.state === 'queued' ? 'retry-scheduled' : outcome.state,
+      attempt: op.attempt,
+      worker: lease.worker,
+      ...(outcome.state === 'succeeded' ? {} : { error: outcome.error }),
+    })
+    if (outcome.state === 'queued') {
+      op.state = 'queued'
+      op.error = outcome.error
+      op.runAt = outcome.runAt
+    } else {
+      op.state = outcome.state
+      op.completedAt = now
+      op.expiresAt = outcome.expiresAt
+      if (outcome.state === 'succeeded') {
+        op.result = structuredClone(outcome.result)
+        delete op.error
+      } else {
+        op.error = outcome.error
+      }
+    }
+    this.#track(op)
+    return structuredClone(op)
+  }
+
+  async release(lease: Lease, now: number): Promise<boolean> {
+    const op = this.#held(lease)
+    if (!op) return false
+    this.#record(op, { at: now, event: 'released', attempt: op.attempt, worker: lease.worker })
+    op.state = 'queued'
+    delete op.worker
+    delete op.leaseExpiresAt
+    return true
+  }
+
+  async cancel(
+    id: string,
+    now: number,
+    expiresAt: number,
+    actor: string | null = null,
+  ): Promise<Operation | undefined> {
+    const op = this.#entries.get(id)?.op
+    if (!op) return undefined
+    if (!canCancel(op)) return structuredClone(op)
+    if (op.state === 'queued') {
+      this.#record(op, { at: now, event: 'canceled', attempt: op.attempt, actor, error: canceledError() })
+      op.state = 'canceled'
+      op.cancelRequested = true
+      op.completedAt = now
+      op.expiresAt = expiresAt
+      op.error = canceledError()
+      this.#track(op)
+    } else if (!op.cancelRequested) {
+      this.#record(op, { at: now, event: 'cancel-requested', attempt: op.attempt, actor })
+      op.cancelRequested = true
+    }
+    return structuredClone(op)
+  }
+
+  async requeue(
+    id: string,
+    attempts: number,
+    now: number,
+    actor: string | null = null,
+  ): Promise<Operation | undefined> {
+    const op = this.#entries.get(id)?.op
+    if (!op || !allows('retry', op.state)) return undefined
+    this.#record(op, { at: now, event: 'retried', attempt: op.attempt, actor })
+    op.state = 'queued'
+    op.maxAttempts = op.attempt + attempts
+    op.cancelRequested = false
+    op.runAt = now
+    op.progress = { percent: 0 }
+    delete op.error
+    delete op.result
+    delete op.completedAt
+    delete op.expiresAt
+    this.#track(op)
+    return structuredClone(op)
+  }
+
+  async delete(id: string): Promise<boolean> {
+    const op = this.#entries.get(id)?.op
+    if (!op || !allows('delete', op.state)) return false
+    this.#history.delete(id)
+    return this.#entries.delete(id)
+  }
+
+  async purge(now: number, limit: number): Promise<number> {
+    let purged = 0
+    for (const [id, { op }] of this.#entries) {
+      if (purged === limit) break
+      if (isTerminal(op.state) && op.expiresAt !== undefined && op.expiresAt <= now) {
+        this.#entries.delete(id)
+        this.#history.delete(id)
+        purged++
+      }
+    }
+    for (const [slot, used] of this.#keys) if (used.expiresAt <= now) this.#keys.delete(slot)
+    return purged
+  }
+
+  async close(): Promise<void> {}
+
+  #track(op: Operation): void {
+    let live = this.#live.get(op.name)
+    if (!isTerminal(op.state)) {
+      if (!live) this.#live.set(op.name, (live = new Set()))
+      live.add(op)
+    } else {
+      live?.delete(op)
+    }
+  }
+
+  #record(op: Operation, event: Omit<HistoryEntry, 'seq'>): void {
+    const entry: HistoryEntry = { seq: ++this.#eventSeq, ...event }
+    const history = this.#history.get(op.id)
+    if (history) history.push(entry)
+    else this.#history.set(op.id, [entry])
+  }
+
+  #held(lease: Lease): Operation | undefined {
+    const op = this.#entries.get(lease.id)?.op
+    return op && op.state === 'running' && op.attempt === lease.attempt && op.worker === lease.worker ? op : undefined
+  }
+}
+
+const slotOf = (key: IdempotencyLookup) => `${key.scope}\u0000${key.key}`
+
+function isReadable(op: Operation, readable: Readable | undefined): boolean {
+  return !readable || readable.owners.includes(op.owner) || readable.names.includes(op.name)
+}

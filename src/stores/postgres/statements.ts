@@ -1,0 +1,262 @@
+import type { StatsQuery } from '../../core/types.js'
+
+// Where `delete` and `purge` apply: the states TRANSITIONS.delete lists (src/core/operation.ts).
+const FINISHED = `state IN ('succeeded', 'failed', 'canceled')`
+
+// Epoch milliseconds now, on the server's clock.
+const DATABASE_NOW = `(extract(epoch from clock_timestamp()) * 1000)::bigint`
+
+/** The SQL of every fixed statement, for one schema; `$n` parameters as each method passes them. */
+export function statements(schema: string, leaseClock: 'database' | 'caller') {
+  const ops = `${schema}.operations`
+  const events = `${schema}.operation_events`
+  const keys = `${schema}.idempotency_keys`
+  // The fencing token: a write applies only while the operation runs this attempt for this worker.
+  const held = `o.id = i.id AND o.state = 'running' AND o.attempt = i.attempt AND o.worker = i.worker`
+  const claimNow = leaseClock === 'database' ? DATABASE_NOW : '$4::bigint'
+  const heartbeatNow = leaseClock === 'database' ? DATABASE_NOW : 'i.now'
+  // Operations as JSON documents (see newRow), inserted in array order so that `seq` follows it.
+  const insertRows = `
+    INSERT INTO ${ops} (id, name, state, owner, input, params, query, headers, max_attempts, cancelable,
+      timeout_ms, created_at, run_at)
+    SELECT e->>'id', e->>'name', 'queued', e->>'owner', e->'input', e->'params', e->'query', e->'headers',
+      (e->>'maxAttempts')::int, (e->>'cancelable')::boolean, (e->>'timeoutMs')::bigint,
+      (e->>'createdAt')::bigint, (e->>'createdAt')::bigint`
+  // Records `submitted` for each row of the CTE `inserted`; the owner is its actor.
+  const submitted = `recorded AS (
+        INSERT INTO ${events} (operation_id, at, event, attempt, actor, has_actor)
+        SELECT id, created_at, 'submitted', 0, owner, true FROM inserted ORDER BY seq
+      )`
+  const eventColumns = `seq, at, event, attempt, worker, actor, has_actor, error, progress`
+  return {
+    // The `submitted` events in the same statement, in `seq` order as the operations.
+    insert: `
+      WITH inserted AS (${insertRows}
+        FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(e, ord)
+        ORDER BY ord
+        ON CONFLICT (id) DO NOTHING
+        RETURNING *
+      ),
+      ${submitted}
+      SELECT * FROM inserted`,
+
+    // $1 scope, $2 key, $3 fingerprint, $4 expiresAt, $5 now, $6 [operation]. The key is taken
+    // first: ON CONFLICT waits for a concurrent taker's commit and then sees its live key.
+    insertIdempotent: `
+      WITH taken AS (
+        INSERT INTO ${keys} AS k (scope, key, fingerprint, operation_id, expires_at)
+        VALUES ($1, $2, $3, ($6::jsonb)->0->>'id', $4)
+        ON CONFLICT (scope, key) DO UPDATE
+          SET fingerprint = EXCLUDED.fingerprint, operation_id = EXCLUDED.operation_id, expires_at = EXCLUDED.expires_at
+          WHERE k.expires_at <= $5
+        RETURNING 1
+      ),
+      inserted AS (${insertRows}
+        FROM jsonb_array_elements($6::jsonb) AS t(e)
+        WHERE EXISTS (SELECT 1 FROM taken)
+        RETURNING *
+      ),
+      ${submitted}
+      SELECT * FROM inserted`,
+
+    usedKey: `
+      SELECT k.fingerprint, o.* FROM ${keys} k JOIN ${ops} o ON o.id = k.operation_id
+      WHERE k.scope = $1 AND k.key = $2 AND k.expires_at > $3`,
+
+    get: `SELECT * FROM ${ops} WHERE id = $1`,
+
+    history: `SELECT ${eventColumns} FROM ${events} WHERE operation_id = $1 AND event <> 'progress' ORDER BY seq`,
+
+    // $1 id, $2 after, $3 limit.
+    events: `SELECT ${eventColumns} FROM ${events} WHERE operation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
+
+    // $1 names, $2 limits, $3 worker, $4 now, $5 leaseMs. Every name in one statement: operations
+    // of dead workers first (they have waited longest), then due ones, oldest first. SKIP LOCKED
+    // passes over rows another claim is taking, so concurrent claims neither wait nor overlap.
+    claim: `
+      WITH clock AS (SELECT ${claimNow} AS now),
+      wants AS (SELECT * FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS w(name, lim, ord)),
+      expired AS (
+        SELECT w.ord, x.seq, x.attempt, x.worker, x.lease_expires_at AS sort_key
+        FROM wants w CROSS JOIN LATERAL (
+          SELECT seq, attempt, worker, lease_expires_at FROM ${ops}
+          WHERE state = 'running' AND name = w.name AND lease_expires_at <= (SELECT now FROM clock)
+          ORDER BY lease_expires_at LIMIT w.lim
+          FOR UPDATE SKIP LOCKED
+        ) x
+      ),
+      due AS (
+        SELECT w.ord, x.seq, x.seq AS sort_key
+        FROM wants w CROSS JOIN LATERAL (
+          SELECT seq FROM ${ops}
+          WHERE state = 'queued' AND name = w.name AND run_at <= $4
+          ORDER BY run_at, seq LIMIT greatest(w.lim - (SELECT count(*) FROM expired e WHERE e.ord = w.ord), 0)
+          FOR UPDATE SKIP LOCKED
+        ) x
+      ),
+      picked AS (
+        SELECT ord, seq, 0 AS kind, sort_key FROM expired UNION ALL SELECT ord, seq, 1 AS kind, sort_key FROM due
+      ),
+      claimed AS (
+        UPDATE ${ops} o
+        SET state = 'running', attempt = o.attempt + 1, worker = $3,
+          lease_expires_at = (SELECT now FROM clock) + $5::bigint, started_at = $4,
+          progress = '{"percent":0}'
+        FROM picked p WHERE o.seq = p.seq
+        RETURNING o.*
+      ),
+      recorded AS (
+        INSERT INTO ${events} (operation_id, at, event, attempt, worker)
+        SELECT id, $4::bigint, event, attempt, worker FROM (
+          SELECT c.id, 'lease-lost' AS event, e.attempt, e.worker, c.seq, 0 AS k FROM claimed c JOIN expired e ON e.seq = c.seq
+          UNION ALL
+          SELECT c.id, 'started', c.attempt, $3::text, c.seq, 1 FROM claimed c
+        ) x
+        ORDER BY seq, k
+      )
+      SELECT c.* FROM claimed c JOIN picked p ON p.seq = c.seq ORDER BY p.ord, p.kind, p.sort_key, c.seq`,
+
+    // Writes under leases take a JSON array of items, each with its `ord`, and answer with the
+    // `ord` of each item whose lease held: one statement for all the writes of a batch.
+    heartbeat: `
+      WITH input AS (
+        SELECT * FROM jsonb_to_recordset($1::jsonb)
+          AS x(ord int, id text, attempt int, worker text, "leaseMs" bigint, now bigint)
+      )
+      UPDATE ${ops} o SET lease_expires_at = ${heartbeatNow} + i."leaseMs"
+      FROM input i WHERE ${held}
+      RETURNING i.ord, o.cancel_requested`,
+
+    // The batch holds the last progress of each lease (see ./lane.ts): one event each.
+    progress: `
+      WITH input AS (
+        SELECT * FROM jsonb_to_recordset($1::jsonb)
+          AS x(ord int, id text, attempt int, worker text, progress jsonb, at bigint)
+      ),
+      updated AS (
+        UPDATE ${ops} o SET progress = i.progress FROM input i WHERE ${held}
+        RETURNING i.ord, o.id, o.attempt, i.worker AS lease_worker, i.progress AS lease_progress, i.at
+      ),
+      recorded AS (
+        INSERT INTO ${events} (operation_id, at, event, attempt, worker, progress)
+        SELECT id, at, 'progress', attempt, lease_worker, lease_progress FROM updated ORDER BY ord
+      )
+      SELECT ord FROM updated`,
+
+    // An outcome: `queued` again for a retry (keeping the error, due at runAt), or final.
+    settle: `
+      WITH input AS (
+        SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(ord int, id text, attempt int, worker text, state text,
+          result jsonb, error jsonb, "runAt" bigint, "expiresAt" bigint, now bigint)
+      ),
+      settled AS (
+        UPDATE ${ops} o SET
+          state = i.state,
+          result = CASE WHEN i.state = 'queued' THEN o.result WHEN i.state = 'succeeded' THEN coalesce(i.result, 'null') END,
+          error = i.error,
+          run_at = CASE WHEN i.state = 'queued' THEN i."runAt" ELSE o.run_at END,
+          completed_at = CASE WHEN i.state = 'queued' THEN o.completed_at ELSE i.now END,
+          expires_at = CASE WHEN i.state = 'queued' THEN o.expires_at ELSE i."expiresAt" END,
+          worker = NULL, lease_expires_at = NULL
+        FROM input i WHERE ${held}
+        RETURNING o.*, i.ord, i.worker AS lease_worker, i.now AS lease_now
+      ),
+      recorded AS (
+        INSERT INTO ${events} (operation_id, at, event, attempt, worker, error)
+        SELECT id, lease_now, CASE WHEN state = 'queued' THEN 'retry-scheduled' ELSE state END, attempt, lease_worker,
+          CASE WHEN state = 'succeeded' THEN NULL ELSE error END
+        FROM settled ORDER BY ord
+      )
+      SELECT * FROM settled`,
+
+    release: `
+      WITH input AS (
+        SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(ord int, id text, attempt int, worker text, now bigint)
+      ),
+      released AS (
+        UPDATE ${ops} o SET state = 'queued', worker = NULL, lease_expires_at = NULL
+        FROM input i WHERE ${held}
+        RETURNING o.id, o.attempt, i.ord, i.worker AS lease_worker, i.now AS lease_now
+      ),
+      recorded AS (
+        INSERT INTO ${events} (operation_id, at, event, attempt, worker)
+        SELECT id, lease_now, 'released', attempt, lease_worker FROM released ORDER BY ord
+      )
+      SELECT ord FROM released`,
+
+    // $1 id, $2 now, $3 expiresAt, $4 the canceled error, $5 actor. A queued operation is canceled,
+    // a running one is asked to stop; either way the operation is answered as it now is.
+    cancel: `
+      WITH changed AS (
+        UPDATE ${ops} SET
+          state = CASE WHEN state = 'queued' THEN 'canceled' ELSE state END,
+          cancel_requested = true,
+          completed_at = CASE WHEN state = 'queued' THEN $2 ELSE completed_at END,
+          expires_at = CASE WHEN state = 'queued' THEN $3 ELSE expires_at END,
+          error = CASE WHEN state = 'queued' THEN $4::jsonb ELSE error END
+        WHERE id = $1 AND cancelable AND (state = 'queued' OR (state = 'running' AND NOT cancel_requested))
+        RETURNING *
+      ),
+      recorded AS (
+        INSERT INTO ${events} (operation_id, at, event, attempt, actor, has_actor, error)
+        SELECT id, $2::bigint, CASE WHEN state = 'canceled' THEN 'canceled' ELSE 'cancel-requested' END, attempt, $5::text, true,
+          CASE WHEN state = 'canceled' THEN $4::jsonb END
+        FROM changed
+      )
+      SELECT * FROM changed
+      UNION ALL
+      SELECT * FROM ${ops} WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM changed)`,
+
+    // $1 id, $2 attempts, $3 now, $4 actor.
+    requeue: `
+      WITH queued AS (
+        UPDATE ${ops} SET state = 'queued', max_attempts = attempt + $2, cancel_requested = false, run_at = $3,
+          progress = '{"percent":0}', result = NULL, error = NULL, completed_at = NULL, expires_at = NULL
+        WHERE id = $1 AND state IN ('failed', 'canceled')
+        RETURNING *
+      ),
+      recorded AS (
+        INSERT INTO ${events} (operation_id, at, event, attempt, actor, has_actor)
+        SELECT id, $3::bigint, 'retried', attempt, $4::text, true FROM queued
+      )
+      SELECT * FROM queued`,
+
+    delete: `
+      WITH deleted AS (DELETE FROM ${ops} WHERE id = $1 AND ${FINISHED} RETURNING id),
+      history AS (DELETE FROM ${events} WHERE operation_id IN (SELECT id FROM deleted)),
+      freed AS (DELETE FROM ${keys} WHERE operation_id IN (SELECT id FROM deleted))
+      SELECT count(*)::int AS n FROM deleted`,
+
+    // $1 now, $2 limit. SKIP LOCKED: nodes purging at the same time share the work.
+    purge: `
+      WITH deleted AS (
+        DELETE FROM ${ops} WHERE seq IN (
+          SELECT seq FROM ${ops} WHERE expires_at <= $1 AND ${FINISHED} LIMIT $2 FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id
+      ),
+      history AS (DELETE FROM ${events} WHERE operation_id IN (SELECT id FROM deleted)),
+      freed AS (DELETE FROM ${keys} WHERE expires_at <= $1 OR operation_id IN (SELECT id FROM deleted))
+      SELECT count(*)::int AS n FROM deleted`,
+  }
+}
+
+/** The filters list and stats share (states, owner, what the caller may read), as SQL with `$n` arguments. */
+export function filters(query: StatsQuery) {
+  const where: string[] = []
+  const args: unknown[] = []
+  const arg = (value: unknown) => {
+    args.push(value)
+    return `$${args.length}`
+  }
+  // `owner = $n` rather than IS NOT DISTINCT FROM, which no index serves.
+  const ownerIs = (owner: string | null) => (owner === null ? 'owner IS NULL' : `owner = ${arg(owner)}`)
+  if (query.states?.length) where.push(`state = ANY(${arg(query.states)}::text[])`)
+  if (query.owner !== undefined) where.push(ownerIs(query.owner))
+  if (query.readable) {
+    const { owners, names } = query.readable
+    const anyName = names.length ? [`name = ANY(${arg(names)}::text[])`] : []
+    where.push(`(${[...owners.map(ownerIs), ...anyName].join(' OR ') || 'FALSE'})`)
+  }
+  return { where, args, arg }
+}

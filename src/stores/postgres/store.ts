@@ -1,0 +1,494 @@
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import { canceledError, duplicateOperationId, invalidOption, LongrunError, storeClosed } from '../../core/errors.js'
+import { silentLogger, type Logger } from '../../core/logger.js'
+import type { StoreNotice } from '../../core/store.js'
+import type {
+  ClaimRequest,
+  HistoryEntry,
+  IdempotencyKey,
+  IdempotencyLookup,
+  IdempotentInsert,
+  IdempotentUse,
+  Lease,
+  LeaseStatus,
+  ListQuery,
+  NewOperation,
+  Operation,
+  Outcome,
+  Page,
+  Progress,
+  StatsQuery,
+  StatsRow,
+} from '../../core/types.js'
+import { cursorPosition } from '../cursor.js'
+import { Batch, Lane } from './lane.js'
+import { NoticeListener } from './listener.js'
+import { migrate } from './migrations.js'
+import type { PostgresStore, PostgresStoreOptions } from './options.js'
+import {
+  escapeNul,
+  isDataError,
+  newRow,
+  NUL_ESCAPE,
+  storable,
+  storableOutcome,
+  storeError,
+  toHistoryEntry,
+  toOperation,
+  unsupportedValue,
+  type EventRow,
+  type Row,
+} from './rows.js'
+import { filters, statements } from './statements.js'
+
+interface PendingInsert {
+  op: NewOperation
+  resolve: (op: Operation) => void
+  reject: (reason: unknown) => void
+}
+
+const SCHEMA_PATTERN = /^[a-z_][a-z0-9_]{0,47}$/
+const INT8_OID = 20
+
+export class PgStore implements PostgresStore {
+  readonly schema: string
+  readonly #pool: pg.Pool
+  readonly #clientConfig: pg.ClientConfig
+  readonly #logger: Logger
+  readonly #maxBatch: number
+  /** Tags this store's connections so that it can tell its own notices from other nodes'. */
+  readonly #origin = randomBytes(6).toString('hex')
+  readonly #channel: string
+  readonly #sql: ReturnType<typeof statements>
+  #ready: Promise<void>
+  #migrationFailedAt = 0
+  readonly #inFlight = new Set<Promise<unknown>>()
+  readonly #progresses
+  readonly #heartbeats
+  readonly #settles
+  readonly #releases
+  /** Writes under leases, one statement at a time: see ./lane.ts. */
+  readonly #lane: Lane
+  #inserts: PendingInsert[] = []
+  #flushScheduled = false
+  readonly #listeners = new Set<(notice: StoreNotice) => void>()
+  #listener: NoticeListener | undefined
+  /** Names this store has claimed: after a listener reconnect they are worth a claim at once. */
+  readonly #names = new Set<string>()
+  #closing: Promise<void> | undefined
+
+  constructor(options: PostgresStoreOptions) {
+    const { schema = 'longrun', leaseClock = 'database', maxBatch = 500, logger, ...config } = options
+    if (!SCHEMA_PATTERN.test(schema)) {
+      throw invalidOption('schema', 'must be 1-48 lowercase letters, digits or underscores, not starting with a digit')
+    }
+    if (leaseClock !== 'database' && leaseClock !== 'caller') {
+      throw invalidOption('leaseClock', "must be 'database' or 'caller'")
+    }
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw invalidOption('maxBatch', 'must be a positive integer')
+    this.schema = schema
+    this.#maxBatch = maxBatch
+    this.#logger = logger ?? silentLogger
+    this.#channel = `longrun_${schema}`
+    this.#sql = statements(schema, leaseClock)
+    const userTypes = config.types
+    this.#clientConfig = {
+      ...config,
+      // BIGINT epoch milliseconds and counts as numbers, for this store's connections only.
+      types: {
+        getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+          oid === INT8_OID && format !== 'binary'
+            ? (value: string) => Number(value)
+            : (userTypes ?? pg.types).getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+      },
+      options: [config.options, `-c longrun.origin=${this.#origin}`].filter(Boolean).join(' '),
+    }
+    this.#pool = new pg.Pool({ ...config, ...this.#clientConfig })
+    // An idle connection that breaks is dropped by the pool; without a listener it would crash the process.
+    this.#pool.on('error', (err) => this.#logger.warn({ err }, 'longrun: idle PostgreSQL connection failed'))
+    const batches = this.#batches()
+    this.#progresses = batches.progress
+    this.#heartbeats = batches.heartbeat
+    this.#settles = batches.settle
+    this.#releases = batches.release
+    // Progress first: a handler's last progress, issued with its return, lands before its outcome.
+    this.#lane = new Lane([batches.progress, batches.heartbeat, batches.settle, batches.release] as Batch<
+      never,
+      unknown
+    >[])
+    this.#ready = this.#startMigration()
+  }
+
+  ready(): Promise<void> {
+    return this.#whenMigrated()
+  }
+
+  #startMigration(): Promise<void> {
+    const migrating = migrate(this.#pool, this.schema)
+    // Surfaced by ready() and by every call; never an unhandled rejection.
+    migrating.catch(() => (this.#migrationFailedAt = Date.now()))
+    return migrating
+  }
+
+  /**
+   * The migration's outcome. One that failed for want of the database (not reachable yet, say) is
+   * tried again, at most once a second, so that a node started before its database recovers;
+   * `schema-too-new` is final.
+   */
+  #whenMigrated(): Promise<void> {
+    if (this.#migrationFailedAt !== 0 && Date.now() - this.#migrationFailedAt >= 1_000) {
+      const last = this.#ready
+      this.#migrationFailedAt = 0
+      this.#ready = last.then(
+        () => undefined,
+        (err: unknown) => (err instanceof LongrunError ? Promise.reject(err) : this.#startMigration()),
+      )
+      this.#ready.catch(() => {})
+    }
+    return this.#ready
+  }
+
+  insert(op: NewOperation): Promise<Operation> {
+    if (this.#closing) return Promise.reject(storeClosed())
+    return new Promise<Operation>((resolve, reject) => {
+      this.#inserts.push({ op, resolve, reject })
+      if (!this.#flushScheduled) {
+        this.#flushScheduled = true
+        setImmediate(() => this.#flushInserts())
+      }
+    })
+  }
+
+  /** Inserts every insert issued in the same event-loop turn with one statement per `maxBatch`. */
+  #flushInserts(): void {
+    this.#flushScheduled = false
+    const pending = this.#inserts
+    this.#inserts = []
+    for (let i = 0; i < pending.length; i += this.#maxBatch) {
+      this.#track(this.#insertBatch(pending.slice(i, i + this.#maxBatch)))
+    }
+  }
+
+  async #insertBatch(pending: PendingInsert[]): Promise<void> {
+    const batch: PendingInsert[] = []
+    const documents: string[] = []
+    for (const write of pending) {
+      const document = JSON.stringify(newRow(write.op))
+      // JSONB and TEXT cannot hold U+0000: refuse that operation alone, before the statement does.
+      if (NUL_ESCAPE.test(document)) write.reject(unsupportedValue())
+      else {
+        batch.push(write)
+        documents.push(document)
+      }
+    }
+    if (batch.length === 0) return
+    let rows: Row[]
+    try {
+      rows = await this.#query<Row>(this.#sql.insert, [`[${documents.join(',')}]`])
+    } catch (err) {
+      if (batch.length === 1 || !isDataError(err)) {
+        for (const write of batch) write.reject(storeError(err))
+        return
+      }
+      // Whatever failed the statement must fail only its own operation: halve until it is alone,
+      // one half after the other so that `seq` still follows the order of submission.
+      const half = Math.ceil(batch.length / 2)
+      await this.#insertBatch(batch.slice(0, half))
+      await this.#insertBatch(batch.slice(half))
+      return
+    }
+    // ON CONFLICT DO NOTHING: an id already taken, in the table or earlier in this batch, has no row.
+    const byId = new Map(rows.map((row) => [row.id, row]))
+    for (const write of batch) {
+      const row = byId.get(write.op.id)
+      byId.delete(write.op.id)
+      if (row) write.resolve(toOperation(row))
+      else write.reject(duplicateOperationId(write.op.id))
+    }
+  }
+
+  async insertIdempotent(op: NewOperation, key: IdempotencyKey, now: number): Promise<IdempotentInsert> {
+    // Takes the key (or a lapsed one) and inserts in one statement; a live key, even one another
+    // node is taking at this moment, makes the INSERT wait for that node's commit and then skip.
+    if (NUL_ESCAPE.test(JSON.stringify(newRow(op)))) throw unsupportedValue()
+    for (let tries = 0; ; tries++) {
+      const [row] = await this.#run<Row>(this.#sql.insertIdempotent, [
+        escapeNul(key.scope),
+        escapeNul(key.key),
+        key.fingerprint,
+        key.expiresAt,
+        now,
+        JSON.stringify([newRow(op)]),
+      ])
+      if (row) return { kind: 'inserted', op: toOperation(row) }
+      const used = await this.findIdempotent(key, now)
+      if (used) return used
+      // The key lapsed, or its operation was deleted, between the two statements: take it afresh.
+      if (tries === 5) throw new Error(`idempotency key '${key.key}' kept changing under concurrent use`)
+    }
+  }
+
+  async findIdempotent(key: IdempotencyLookup, now: number): Promise<IdempotentUse | undefined> {
+    const [used] = await this.#run<Row & { fingerprint: string }>(this.#sql.usedKey, [
+      escapeNul(key.scope),
+      escapeNul(key.key),
+      now,
+    ])
+    if (!used) return undefined
+    return used.fingerprint === key.fingerprint ? { kind: 'replayed', op: toOperation(used) } : { kind: 'mismatch' }
+  }
+
+  async get(id: string): Promise<Operation | undefined> {
+    const [row] = await this.#run<Row>(this.#sql.get, [id])
+    return row && toOperation(row)
+  }
+
+  async history(id: string): Promise<HistoryEntry[]> {
+    return (await this.#run<EventRow>(this.#sql.history, [id])).map(toHistoryEntry)
+  }
+
+  async events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]> {
+    return (await this.#run<EventRow>(this.#sql.events, [id, range.after ?? 0, range.limit])).map(toHistoryEntry)
+  }
+
+  async list(query: ListQuery): Promise<Page> {
+    const { where, args, arg } = filters(query)
+    if (query.name !== undefined) where.push(`name = ${arg(query.name)}`)
+    if (query.cursor !== undefined) {
+      const before = cursorPosition(query.cursor)
+      if (before === undefined) return { items: [] }
+      where.push(`seq < ${arg(before)}`)
+    }
+    const sql = `SELECT * FROM ${this.schema}.operations ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+      ORDER BY seq DESC LIMIT ${arg(query.limit + 1)}`
+    const rows = await this.#run<Row>(sql, args)
+    const more = rows.length > query.limit
+    const page = rows.slice(0, query.limit)
+    return { items: page.map(toOperation), ...(more ? { nextCursor: String(page[page.length - 1]!.seq) } : {}) }
+  }
+
+  async stats(query: StatsQuery): Promise<StatsRow[]> {
+    const { where, args } = filters(query)
+    const sql = `SELECT name, state, count(*)::int AS count FROM ${this.schema}.operations
+      ${where.length ? `WHERE ${where.join(' AND ')}` : ''} GROUP BY name, state`
+    return this.#run<StatsRow>(sql, args)
+  }
+
+  async claim(worker: string, wants: ClaimRequest[], leaseMs: number, now: number): Promise<Operation[]> {
+    const asked = wants.filter((want) => want.limit > 0)
+    if (asked.length === 0) return []
+    for (const { name } of asked) this.#names.add(name)
+    const rows = await this.#run<Row>(this.#sql.claim, [
+      asked.map((want) => want.name),
+      asked.map((want) => want.limit),
+      worker,
+      now,
+      leaseMs,
+    ])
+    return rows.map(toOperation)
+  }
+
+  heartbeat(lease: Lease, leaseMs: number, now: number): Promise<LeaseStatus> {
+    return this.#held(this.#heartbeats, { ...lease, leaseMs, now })
+  }
+
+  progress(lease: Lease, progress: Progress, now: number): Promise<boolean> {
+    return this.#held(this.#progresses, { ...lease, progress: storable(progress), at: now })
+  }
+
+  settle(lease: Lease, outcome: Outcome, now: number): Promise<Operation | undefined> {
+    return this.#held(this.#settles, { ...lease, outcome: storableOutcome(outcome), now })
+  }
+
+  release(lease: Lease, now: number): Promise<boolean> {
+    return this.#held(this.#releases, { ...lease, now })
+  }
+
+  /** Queues a write under a lease for the next statement of its kind. */
+  #held<In, Out>(batch: Batch<In, Out>, item: In): Promise<Out> {
+    if (this.#closing) return Promise.reject(storeClosed())
+    return this.#track(this.#lane.push(batch, item))
+  }
+
+  #batches() {
+    const leaseKey = (lease: Lease) => `${lease.id}\u0000${lease.attempt}\u0000${lease.worker}`
+    const error = storeError
+    const rows = <R>(text: string, items: object[]) =>
+      this.#query<R & { ord: number }>(text, [JSON.stringify(items.map((item, ord) => ({ ...item, ord })))])
+    /** The answer for each item, from the rows RETURNING its `ord`. */
+    const answers = <R, Out>(found: (R & { ord: number })[], count: number, answer: (row: R | undefined) => Out) => {
+      const byOrd = new Map(found.map((row) => [row.ord, row]))
+      return Array.from({ length: count }, (_, ord) => answer(byOrd.get(ord)))
+    }
+    const splittable = isDataError
+    const progress = new Batch<Lease & { progress: Progress; at: number }, boolean>(
+      {
+        key: leaseKey,
+        duplicates: 'coalesce',
+        error,
+        splittable,
+        run: async (items) => answers(await rows(this.#sql.progress, items), items.length, (row) => row !== undefined),
+      },
+      this.#maxBatch,
+    )
+    const heartbeat = new Batch<Lease & { leaseMs: number; now: number }, LeaseStatus>(
+      {
+        key: leaseKey,
+        duplicates: 'coalesce',
+        error,
+        splittable,
+        run: async (items) =>
+          answers(await rows<{ cancel_requested: boolean }>(this.#sql.heartbeat, items), items.length, (row) => ({
+            held: row !== undefined,
+            cancelRequested: row?.cancel_requested === true,
+          })),
+      },
+      this.#maxBatch,
+    )
+    const settle = new Batch<Lease & { outcome: Outcome; now: number }, Operation | undefined>(
+      {
+        key: leaseKey,
+        duplicates: 'defer',
+        error,
+        splittable,
+        run: async (items) =>
+          answers(
+            await rows<Row>(
+              this.#sql.settle,
+              items.map(({ outcome, ...item }) => ({
+                ...item,
+                state: outcome.state,
+                result: outcome.state === 'succeeded' ? (outcome.result ?? null) : null,
+                error: outcome.state === 'succeeded' ? null : outcome.error,
+                runAt: outcome.state === 'queued' ? outcome.runAt : null,
+                expiresAt: outcome.state === 'queued' ? null : outcome.expiresAt,
+              })),
+            ),
+            items.length,
+            (row) => row && toOperation(row),
+          ),
+      },
+      this.#maxBatch,
+    )
+    const release = new Batch<Lease & { now: number }, boolean>(
+      {
+        key: leaseKey,
+        duplicates: 'defer',
+        error,
+        splittable,
+        run: async (items) => answers(await rows(this.#sql.release, items), items.length, (row) => row !== undefined),
+      },
+      this.#maxBatch,
+    )
+    return { progress, heartbeat, settle, release }
+  }
+
+  async cancel(
+    id: string,
+    now: number,
+    expiresAt: number,
+    actor: string | null = null,
+  ): Promise<Operation | undefined> {
+    const [row] = await this.#run<Row>(this.#sql.cancel, [id, now, expiresAt, JSON.stringify(canceledError()), actor])
+    return row && toOperation(row)
+  }
+
+  async requeue(
+    id: string,
+    attempts: number,
+    now: number,
+    actor: string | null = null,
+  ): Promise<Operation | undefined> {
+    const [row] = await this.#run<Row>(this.#sql.requeue, [id, attempts, now, actor])
+    return row && toOperation(row)
+  }
+
+  async delete(id: string): Promise<boolean> {
+    const [row] = await this.#run<{ n: number }>(this.#sql.delete, [id])
+    return row!.n === 1
+  }
+
+  async purge(now: number, limit: number): Promise<number> {
+    const [row] = await this.#run<{ n: number }>(this.#sql.purge, [now, limit])
+    return row!.n
+  }
+
+  subscribe(listener: (notice: StoreNotice) => void): () => void {
+    this.#listeners.add(listener)
+    if (!this.#listener && !this.#closing) {
+      this.#listener = new NoticeListener(this.#clientConfig, this.#channel, this.#logger, {
+        notice: (origin, notice) => {
+          if (origin !== this.#origin) this.#deliver(notice)
+        },
+        // Notices sent while the connection was down are lost: claim what may have come meanwhile.
+        reconnected: () => {
+          for (const name of this.#names) this.#deliver({ kind: 'queued', name })
+        },
+      })
+      // LISTEN on a schema that does not exist yet is fine: the channel is only a name.
+      this.#listener.start()
+    }
+    return () => {
+      this.#listeners.delete(listener)
+      if (this.#listeners.size === 0 && this.#listener) {
+        void this.#listener.stop()
+        this.#listener = undefined
+      }
+    }
+  }
+
+  #deliver(notice: StoreNotice): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(notice)
+      } catch (err) {
+        this.#logger.error({ err }, 'longrun: a store notice listener threw')
+      }
+    }
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const steps = [
+        async () => {
+          // Inserts already issued still commit.
+          if (this.#flushScheduled) this.#flushInserts()
+        },
+        () => this.#listener?.stop(),
+        async () => {
+          while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight])
+        },
+        () => this.#pool.end(),
+      ]
+      for (const step of steps) {
+        try {
+          await step()
+        } catch (err) {
+          this.#logger.error({ err }, 'longrun: error while closing the PostgreSQL store')
+        }
+      }
+      this.#listener = undefined
+    })()
+    return this.#closing
+  }
+
+  /** Runs one statement unless the store is closing; close() waits for it. */
+  #run<R>(text: string, values: unknown[]): Promise<R[]> {
+    if (this.#closing) return Promise.reject(storeClosed())
+    return this.#track(this.#query<R>(text, values).catch((err: unknown) => Promise.reject(storeError(err))))
+  }
+
+  #track<T>(promise: Promise<T>): Promise<T> {
+    this.#inFlight.add(promise)
+    const forget = () => this.#inFlight.delete(promise)
+    promise.then(forget, forget)
+    return promise
+  }
+
+  async #query<R>(text: string, values: unknown[]): Promise<R[]> {
+    await this.#whenMigrated()
+    const result = await this.#pool.query(text, values)
+    return result.rows as R[]
+  }
+}

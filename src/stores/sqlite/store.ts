@@ -1,0 +1,227 @@
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import type Database from 'better-sqlite3'
+import type { Statement } from 'better-sqlite3'
+import { storeClosed } from '../../core/errors.js'
+import type { EventLog, Store } from '../../core/store.js'
+import type {
+  ClaimRequest,
+  HistoryEntry,
+  IdempotencyKey,
+  IdempotencyLookup,
+  IdempotentInsert,
+  IdempotentUse,
+  Lease,
+  LeaseStatus,
+  ListQuery,
+  NewOperation,
+  Operation,
+  Outcome,
+  Page,
+  Progress,
+  StatsQuery,
+  StatsRow,
+} from '../../core/types.js'
+import { cursorPosition } from '../cursor.js'
+import {
+  EVENT_COLUMNS,
+  migrate,
+  openConnection,
+  operationQueries,
+  statementCache,
+  toHistoryEntry,
+  type EventValues,
+} from './connection.js'
+import type { SqliteStoreOptions } from './options.js'
+import { DURABLE, findIdempotent, LOSABLE, SqliteWrites, type Settled, type WriteCall } from './writes.js'
+
+interface PendingWrite extends WriteCall {
+  resolve: (value: unknown) => void
+  reject: (reason: unknown) => void
+}
+
+export class SqliteStore implements Store, EventLog {
+  readonly #db: Database.Database
+  readonly #sql: ReturnType<typeof statementCache>
+  readonly #ops: ReturnType<typeof operationQueries>
+  readonly #writes: SqliteWrites
+  /** Raw rows, in the order of EVENT_COLUMNS: cheaper than an object per row (see OperationQuery). */
+  readonly #history: Statement
+  readonly #events: Statement
+  #pending: PendingWrite[] = []
+  #flushScheduled = false
+  #closing: Promise<void> | undefined
+
+  constructor(options: SqliteStoreOptions) {
+    const synchronous = options.synchronous === 'NORMAL' ? 'NORMAL' : 'FULL'
+    if (options.path !== ':memory:' && options.path !== '') mkdirSync(dirname(options.path), { recursive: true })
+    const db = openConnection(options.path, synchronous)
+    try {
+      // Synchronously, so that a file it refuses fails the call.
+      migrate(db)
+    } catch (err) {
+      // A store that fails to open must not keep the file open behind the error.
+      db.close()
+      throw err
+    }
+    this.#db = db
+    this.#sql = statementCache(db)
+    this.#ops = operationQueries(db)
+    this.#history = db
+      .prepare(
+        `SELECT ${EVENT_COLUMNS} FROM operation_events WHERE operation_id = ? AND event <> 'progress' ORDER BY seq`,
+      )
+      .raw(true)
+    this.#events = db
+      .prepare(`SELECT ${EVENT_COLUMNS} FROM operation_events WHERE operation_id = ? AND seq > ? ORDER BY seq LIMIT ?`)
+      .raw(true)
+    this.#writes = new SqliteWrites(db, synchronous)
+  }
+
+  insert(op: NewOperation): Promise<Operation> {
+    return this.#write((w) => w.insert(op), DURABLE)
+  }
+
+  insertIdempotent(op: NewOperation, key: IdempotencyKey, now: number): Promise<IdempotentInsert> {
+    return this.#write((w) => w.insertIdempotent(op, key, now), DURABLE)
+  }
+
+  async findIdempotent(key: IdempotencyLookup, now: number): Promise<IdempotentUse | undefined> {
+    return findIdempotent(this.#ops, key, now)
+  }
+
+  async get(id: string): Promise<Operation | undefined> {
+    return this.#ops(`SELECT * FROM operations WHERE id = ?`).get(id)
+  }
+
+  async history(id: string): Promise<HistoryEntry[]> {
+    return (this.#history.all(id) as EventValues[]).map(toHistoryEntry)
+  }
+
+  async events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]> {
+    return (this.#events.all(id, range.after ?? 0, range.limit) as EventValues[]).map(toHistoryEntry)
+  }
+
+  async list(query: ListQuery): Promise<Page> {
+    const { where, args } = filters(query)
+    if (query.name !== undefined) {
+      where.push('name = ?')
+      args.push(query.name)
+    }
+    if (query.cursor !== undefined) {
+      const before = cursorPosition(query.cursor)
+      if (before === undefined) return { items: [] }
+      where.push('seq < ?')
+      args.push(before)
+    }
+    const sql = `SELECT * FROM operations ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seq DESC LIMIT ?`
+    const rows = this.#ops(sql)
+    const found = rows.statement.all(...args, query.limit + 1) as unknown[][]
+    const page = found.slice(0, query.limit)
+    return {
+      items: page.map((values) => rows.operation(values)),
+      ...(found.length > query.limit ? { nextCursor: String(rows.column(page[page.length - 1]!, 'seq')) } : {}),
+    }
+  }
+
+  async stats(query: StatsQuery): Promise<StatsRow[]> {
+    const { where, args } = filters(query)
+    const sql = `SELECT name, state, count(*) AS count FROM operations ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+                 GROUP BY name, state`
+    return this.#sql(sql).all(...args) as StatsRow[]
+  }
+
+  claim(worker: string, wants: ClaimRequest[], leaseMs: number, now: number): Promise<Operation[]> {
+    return this.#write((w) => w.claim(worker, wants, leaseMs, now), LOSABLE)
+  }
+
+  heartbeat(lease: Lease, leaseMs: number, now: number): Promise<LeaseStatus> {
+    return this.#write((w) => w.heartbeat(lease, leaseMs, now), LOSABLE)
+  }
+
+  progress(lease: Lease, progress: Progress, now: number): Promise<boolean> {
+    return this.#write((w) => w.progress(lease, progress, now), LOSABLE)
+  }
+
+  settle(lease: Lease, outcome: Outcome, now: number): Promise<Operation | undefined> {
+    return this.#write((w) => w.settle(lease, outcome, now), DURABLE)
+  }
+
+  release(lease: Lease, now: number): Promise<boolean> {
+    return this.#write((w) => w.release(lease, now), LOSABLE)
+  }
+
+  cancel(id: string, now: number, expiresAt: number, actor: string | null = null): Promise<Operation | undefined> {
+    return this.#write((w) => w.cancel(id, now, expiresAt, actor), DURABLE)
+  }
+
+  requeue(id: string, attempts: number, now: number, actor: string | null = null): Promise<Operation | undefined> {
+    return this.#write((w) => w.requeue(id, attempts, now, actor), DURABLE)
+  }
+
+  delete(id: string): Promise<boolean> {
+    return this.#write((w) => w.delete(id), DURABLE)
+  }
+
+  purge(now: number, limit: number): Promise<number> {
+    return this.#write((w) => w.purge(now, limit), LOSABLE)
+  }
+
+  /** Commits the writes issued before it, then closes the database. */
+  close(): Promise<void> {
+    this.#closing ??= new Promise<void>((resolve) => {
+      this.#flush()
+      this.#db.close()
+      resolve()
+    })
+    return this.#closing
+  }
+
+  /** Queues `run` for the next group commit; `losable` as LOSABLE in ./writes.ts says. */
+  #write<T>(run: (writes: SqliteWrites) => T, { losable }: { losable: boolean }): Promise<T> {
+    if (this.#closing) return Promise.reject(storeClosed())
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.push({ run, losable, resolve: resolve as (value: unknown) => void, reject })
+      if (!this.#flushScheduled) {
+        this.#flushScheduled = true
+        setImmediate(this.#flush)
+      }
+    })
+  }
+
+  /** Commits the pending writes as one group, then settles each: a write's own error rejects only it. */
+  readonly #flush = (): void => {
+    this.#flushScheduled = false
+    if (this.#pending.length === 0) return
+    const batch = this.#pending
+    this.#pending = []
+    const outcome = this.#writes.runBatch(batch)
+    batch.forEach((write, i) => {
+      const result: Settled = outcome.ok ? outcome.results[i]! : outcome
+      if (result.ok) write.resolve(result.value)
+      else write.reject(result.error)
+    })
+  }
+}
+
+/** The filters list and stats share: states, owner and what the caller may read. */
+function filters(query: StatsQuery): { where: string[]; args: unknown[] } {
+  const where: string[] = []
+  const args: unknown[] = []
+  if (query.states?.length) {
+    where.push(`state IN (${query.states.map(() => '?').join(', ')})`)
+    args.push(...query.states)
+  }
+  if (query.owner !== undefined) {
+    where.push('owner IS ?')
+    args.push(query.owner)
+  }
+  if (query.readable) {
+    const { owners, names } = query.readable
+    const anyOwner = owners.map(() => 'owner IS ?')
+    const anyName = names.length ? [`name IN (${names.map(() => '?').join(', ')})`] : []
+    where.push(`(${[...anyOwner, ...anyName].join(' OR ') || 'FALSE'})`)
+    args.push(...owners, ...names)
+  }
+  return { where, args }
+}
