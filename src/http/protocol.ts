@@ -50,11 +50,6 @@ export class OperationsProtocol {
     return resolved
   }
 
-  /** The async routes added so far. */
-  routes(): ResolvedAsyncRoute[] {
-    return [...this.#routes.values()]
-  }
-
   /**
    * The caller of a request, by the `authenticate` option; `undefined` for an anonymous one.
    * Throws `unauthorized` for refused credentials, or for none where anonymous callers are not served.
