@@ -1,6 +1,7 @@
-import pg from 'pg'
+import type pg from 'pg'
 import type { Logger } from '../../core/logger.js'
 import type { StoreNotice } from '../../core/store.js'
+import { driver } from './driver.js'
 
 export interface ListenerHooks {
   notice(origin: string, notice: StoreNotice): void
@@ -37,7 +38,7 @@ export class NoticeListener {
   async #connect(): Promise<void> {
     this.#timer = undefined
     if (this.#stopped) return
-    const client = new pg.Client(this.#config)
+    const client = new driver.Client(this.#config)
     this.#client = client
     client.on('error', (err) => this.#lost(client, err))
     client.on('end', () => this.#lost(client))
