@@ -595,20 +595,16 @@ describe('Engine', () => {
   })
 
   describe('progress', () => {
-    it('shows progress while running and rejects percentages outside 0-100', async () => {
+    it('shows progress while running, and none once the attempt ended', async () => {
       const engine = makeEngine()
       const reported = deferred()
       const gate = deferred()
-      const errors: unknown[] = []
       let context: OperationContext | undefined
       engine.define({
         name: 'progressing',
         handler: async (op) => {
           context = op
           await op.progress(40, 'download', 'Fetching the file')
-          for (const bad of [101, -1, Number.NaN, Infinity, '50' as unknown as number]) {
-            await op.progress(bad).catch((err: unknown) => errors.push(err))
-          }
           reported.resolve()
           await gate.promise
           return 'done'
@@ -629,8 +625,6 @@ describe('Engine', () => {
       expect(progress).toStrictEqual(fetching)
       expect(changed).toMatchObject({ id: op.id, state: 'running', attempt: 1 })
       expect(changed.progress).toStrictEqual(fetching)
-      expect(errors).toHaveLength(5)
-      for (const err of errors) expect(err).toBeInstanceOf(RangeError)
 
       gate.resolve()
       await reach(engine, op.id, 'succeeded')

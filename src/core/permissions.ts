@@ -18,7 +18,7 @@ export interface AccessList {
 export interface Permissions {
   /** Status, result, error, history, list, stats. */
   read?: AccessList
-  /** Cancel, retry, delete. */
+  /** Cancel, retry, delete; and read, since changing an operation means seeing it. */
   write?: AccessList
 }
 
@@ -38,4 +38,14 @@ export function granted(list: AccessList | undefined, caller: Principal | undefi
     any(list.roles, caller.roles) ||
     any(list.scopes, caller.scopes)
   )
+}
+
+/** Whether `caller` may read operations under `permissions`: a `write` grant includes read. */
+export function mayRead(permissions: Permissions | undefined, caller: Principal | undefined): boolean {
+  return granted(permissions?.read, caller) || granted(permissions?.write, caller)
+}
+
+/** Whether `caller` may change operations under `permissions`. */
+export function mayWrite(permissions: Permissions | undefined, caller: Principal | undefined): boolean {
+  return granted(permissions?.write, caller)
 }

@@ -210,6 +210,7 @@ export class Runner {
     const { op, lease, def } = run
     const logger = this.#opts.logger
     let log: Logger | undefined
+    let progressWarned = false
     return {
       id: op.id,
       name: op.name,
@@ -226,13 +227,16 @@ export class Runner {
         return (log ??= logger.child({ operationId: op.id, operation: op.name, attempt: op.attempt }))
       },
       progress: async (percent, step, description) => {
-        if (typeof percent !== 'number' || !(percent >= 0 && percent <= 100)) {
-          throw new RangeError(`progress percent must be a number from 0 to 100, got ${String(percent)}`)
-        }
         if (run.ended) return
-        const progress: Progress = { percent }
-        if (step !== undefined) progress.step = step
-        if (description !== undefined) progress.description = description
+        const { progress, fixes } = checkedProgress(op.progress.percent, percent, step, description)
+        // Once per attempt: a handler reporting in a loop would otherwise flood the log.
+        if (fixes.length > 0 && !progressWarned) {
+          progressWarned = true
+          logger.warn(
+            { operationId: op.id, operation: op.name, attempt: op.attempt, fixes },
+            'longrun: op.progress() got a value out of range or of the wrong type (not logged again this attempt)',
+          )
+        }
         if (await this.#opts.store.progress(lease, progress, this.#opts.clock())) {
           op.progress = progress
           this.#hooks.progressed(op, progress)
@@ -349,4 +353,39 @@ export class Runner {
       .purge(clock(), 1_000)
       .catch((err: unknown) => logger.error({ err }, 'longrun: purging expired operations failed'))
   }
+}
+
+/**
+ * What a call of `op.progress(percent, step, description)` records, and what it had to fix. It
+ * never throws: a mistake in reporting progress must not fail the work being reported on. A finite
+ * `percent` is clamped to 0-100; any other (NaN, an infinity, not a number) keeps `previous`; a
+ * `step` or `description` that is not a string is left out.
+ */
+function checkedProgress(
+  previous: number,
+  percent: unknown,
+  step: unknown,
+  description: unknown,
+): { progress: Progress; fixes: string[] } {
+  const fixes: string[] = []
+  const progress: Progress = { percent: previous }
+  if (typeof percent === 'number' && Number.isFinite(percent)) {
+    progress.percent = Math.min(100, Math.max(0, percent))
+    if (progress.percent !== percent) fixes.push(`percent ${percent}: clamped to ${progress.percent}`)
+  } else {
+    fixes.push(`percent ${shown(percent)}: not a finite number, kept ${previous}`)
+  }
+  if (typeof step === 'string') progress.step = step
+  else if (step !== undefined) fixes.push(`step ${shown(step)}: not a string, left out`)
+  if (typeof description === 'string') progress.description = description
+  else if (description !== undefined) fixes.push(`description ${shown(description)}: not a string, left out`)
+  return { progress, fixes }
+}
+
+/** A value a handler passed, as the warning shows it: short, and never the content of an object. */
+function shown(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.slice(0, 40))
+  if (typeof value === 'function') return 'a function'
+  if (typeof value === 'object' && value !== null) return 'an object'
+  return String(value)
 }

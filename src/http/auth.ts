@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { parseCookie } from 'cookie'
 import { createLocalJWKSet, importSPKI, jwtVerify, type JWTPayload } from 'jose'
 import { invalidOption, LongrunError } from '../core/errors.js'
 import type { Principal } from '../core/permissions.js'
@@ -110,7 +111,7 @@ export function apiKeyAuth(options: ApiKeyAuthOptions): Authenticate {
 export interface SessionAuthOptions {
   /** Header carrying the session key. @default 'x-session-key' */
   header?: string
-  /** Cookie carrying the session key, when no header does. */
+  /** Cookie carrying the session key (percent-decoded), when no header does. */
   cookie?: string
   /** Without a key, isolate callers by (a hash of) their IP address. @default true */
   fallbackToIp?: boolean
@@ -119,7 +120,9 @@ export interface SessionAuthOptions {
 /**
  * Session isolation: every caller is the principal `session:<hash of its
  * key>`, or `ip:<hash of its address>`. Not authentication - anyone who knows a key is its session -
- * but it keeps callers' operations apart.
+ * but it keeps callers' operations apart. A session cookie that is not valid percent-encoding is
+ * refused with `401` rather than ignored: ignoring it would silently move its caller to the
+ * address's session, and that caller's operations out of sight.
  */
 export function sessionAuth(options: SessionAuthOptions = {}): Authenticate {
   const header = (options.header ?? 'x-session-key').toLowerCase()
@@ -132,17 +135,18 @@ export function sessionAuth(options: SessionAuthOptions = {}): Authenticate {
   }
 }
 
+/** The decoded value of cookie `name` (the first, if sent twice); `undefined` when absent or empty. */
 function cookie(request: RequestHead, name: string | undefined): string | undefined {
   const header = headerOf(request, 'cookie')
   if (name === undefined || header === undefined) return undefined
-  for (const part of header.split(';')) {
-    const eq = part.indexOf('=')
-    if (eq !== -1 && part.slice(0, eq).trim() === name) {
-      const value = part.slice(eq + 1).trim()
-      return value === '' ? undefined : decodeURIComponent(value)
-    }
+  // Raw values: only the session cookie is decoded, so that another cookie's encoding never matters.
+  const value = parseCookie(header, { decode: (raw) => raw })[name]
+  if (value === undefined || value === '') return undefined
+  try {
+    return decodeURIComponent(value)
+  } catch {
+    throw unauthorized(`The ${name} cookie is not validly percent-encoded.`, `Session cookie="${name}"`)
   }
-  return undefined
 }
 
 /** The first of `authenticators` that finds a principal. */
