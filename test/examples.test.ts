@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { buildApp } from '../examples/basic/app.js'
+import { buildApp as buildRealtimeApp } from '../examples/realtime/app.js'
 
 describe('the README example (examples/basic)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'longrun-example-'))
@@ -43,4 +44,50 @@ describe('the README example (examples/basic)', () => {
       await app.close()
     }
   })
+})
+
+describe('the real-time example (examples/realtime, docs/realtime.md)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'longrun-example-'))
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('streams progress, waits, answers Prefer: wait and holds a request', async () => {
+    const app = await buildRealtimeApp(join(dir, 'realtime.db'))
+    try {
+      const base = await app.listen({ port: 0, host: '127.0.0.1' })
+      const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+        fetch(base + path, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...headers },
+          body: JSON.stringify(body),
+        })
+      const submitted = await post('/exports', { rows: 50 })
+      expect(submitted.status).toBe(202)
+      const location = submitted.headers.get('location')!
+
+      // The stream as `curl -N` shows it, read to its end: it closes after the terminal event.
+      const stream = await fetch(`${base}${location}/events?after=0`)
+      expect(stream.headers.get('content-type')).toBe('text/event-stream; charset=utf-8')
+      const text = await stream.text()
+      const events = [...text.matchAll(/^event: (.+)$/gm)].map((m) => m[1])
+      expect(events[0]).toBe('submitted')
+      expect(events).toContain('progress')
+      expect(events.at(-1)).toBe('succeeded')
+
+      const waited = await fetch(`${base}${location}/wait?timeout=5`)
+      expect(((await waited.json()) as { state: string }).state).toBe('succeeded')
+
+      const fast = await post('/exports', { rows: 10 }, { prefer: 'respond-async, wait=10' })
+      expect(fast.status).toBe(200)
+      expect(await fast.json()).toEqual({ rows: 10 })
+
+      const held = await post('/thumbnails', { ms: 10 })
+      expect(held.status).toBe(200)
+      expect(((await held.json()) as { thumbnail: string }).thumbnail).toMatch(/^\/files\/.+\.png$/)
+      const late = await post('/thumbnails', { ms: 60_000 }, {})
+      expect(late.status).toBe(408)
+      expect(late.headers.get('location')).toMatch(/^\/operations\//)
+    } finally {
+      await app.close()
+    }
+  }, 30_000)
 })

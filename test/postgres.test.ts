@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import { afterEach, beforeEach, expect, it } from 'vitest'
 import { Engine } from '../src/core/engine.js'
 import { LongrunError } from '../src/core/errors.js'
@@ -59,6 +60,35 @@ describePostgres('postgres store across nodes', (url) => {
         )[0]!.n >= count,
       10_000,
     )
+
+  it('feeds an event committed late with a smaller sequence number, never skipping it', async () => {
+    const store = openStore()
+    const early = await store.insert(newOp({ id: 'early' }))
+    const start = (await store.feed({ limit: 10 })).cursor
+    // A transaction takes its sequence number and stays open, while a later one commits.
+    const client = new pg.Client({ connectionString: url })
+    await client.connect()
+    try {
+      await client.query('BEGIN')
+      await client.query(
+        `INSERT INTO ${schema}.operation_events (operation_id, at, event, attempt) VALUES ($1, $2, 'cancel-requested', 0)`,
+        [early.id, T0],
+      )
+      const late = await store.insert(newOp({ id: 'late' }))
+      const meanwhile = await store.feed({ after: start, limit: 10 })
+      expect(meanwhile.entries).toEqual([])
+      await client.query('COMMIT')
+      const page = await store.feed({ after: meanwhile.cursor, limit: 10 })
+      expect(page.entries.map((e) => [e.operationId, e.event])).toEqual([
+        [early.id, 'cancel-requested'],
+        [late.id, 'submitted'],
+      ])
+      // The smaller sequence number came first, in commit order.
+      expect(page.entries[0]!.seq).toBeLessThan(page.entries[1]!.seq)
+    } finally {
+      await client.end()
+    }
+  })
 
   it('applies the migrations once when five nodes start at the same moment', async () => {
     const stores = Array.from({ length: 5 }, () => openStore())

@@ -71,7 +71,9 @@ async function neutral(): Promise<Subject> {
         const match = path.startsWith(basePath) ? matchOperationRoute(method, path.slice(basePath.length)) : undefined
         if (!match) return { status: 404, headers: {}, body: routeNotFound(method, path) }
         const query = Object.fromEntries(new URLSearchParams(search))
-        return parsed(await match.route.answer(protocol, access, { id: match.id, query, body, headers }))
+        return parsed(
+          await match.route.answer(protocol, access, { id: match.id, query, body, headers, ip: '127.0.0.1' }),
+        )
       } catch (err) {
         const problem = toProblem(err)
         return { status: problem.status, headers: err instanceof LongrunError ? err.headers : {}, body: problem }

@@ -3,7 +3,8 @@ import { Type } from '@sinclair/typebox'
 import type { FastifyInstance } from 'fastify'
 import { defineAsyncRoute, type AnyAsyncRoute } from 'longrun/http'
 
-// The four demo tasks of the Node "async task system" seed, as async routes reporting named steps.
+// The four demo tasks of the Node "async task system" seed, as async routes reporting named steps,
+// all streamed by `GET /operations/events?group=demo.tasks`.
 
 const Description = Type.Optional(Type.String({ maxLength: 500 }))
 
@@ -67,6 +68,7 @@ export const demoTasks: AnyAsyncRoute[] = [
   defineAsyncRoute({
     url: `${prefix}/sample`,
     name: 'demo.sample',
+    sseGroup: 'demo.tasks',
     schema: { body: SampleTask },
     async handler(op) {
       const { delayMs, fail } = op.input
@@ -89,6 +91,7 @@ export const demoTasks: AnyAsyncRoute[] = [
   defineAsyncRoute({
     url: `${prefix}/file-processing`,
     name: 'demo.file-processing',
+    sseGroup: 'demo.tasks',
     schema: { body: FileProcessingTask },
     async handler(op) {
       const { filePath, fileSize } = op.input
@@ -107,6 +110,7 @@ export const demoTasks: AnyAsyncRoute[] = [
   defineAsyncRoute({
     url: `${prefix}/api-call`,
     name: 'demo.api-call',
+    sseGroup: 'demo.tasks',
     schema: { body: ApiCallTask },
     async handler(op) {
       const { endpoint, data } = op.input
@@ -125,6 +129,7 @@ export const demoTasks: AnyAsyncRoute[] = [
   defineAsyncRoute({
     url: `${prefix}/batch`,
     name: 'demo.batch',
+    sseGroup: 'demo.tasks',
     schema: { body: BatchTask },
     async handler(op) {
       const { items } = op.input
@@ -142,6 +147,7 @@ export const demoTasks: AnyAsyncRoute[] = [
   defineAsyncRoute({
     url: `${prefix}/flaky`,
     name: 'demo.flaky',
+    sseGroup: 'demo.tasks',
     schema: { body: FlakyTask },
     // Watch it retry: attempts 1..failTimes fail, each followed by an exponential, jittered pause.
     retry: { attempts: 4, backoff: 'exponential', delay: '500ms', maxDelay: '5s' },
@@ -159,6 +165,7 @@ export const demoTasks: AnyAsyncRoute[] = [
   defineAsyncRoute({
     url: `${prefix}/noop`,
     name: 'demo.noop',
+    sseGroup: 'demo.tasks',
     schema: { body: NoopTask },
     // Nothing to do but be stored, claimed and settled: what load and scale-out tests measure.
     concurrency: 20,

@@ -1,6 +1,7 @@
 import type { Engine, Stats } from './engine.js'
 import { forbidden, operationNotFound } from './errors.js'
-import { granted, type AccessPolicy, type Permissions, type Principal } from './permissions.js'
+import { mayRead, mayWrite, type AccessPolicy, type Permissions, type Principal } from './permissions.js'
+import type { FeedPage } from './store.js'
 import type { HistoryEntry, ListQuery, Operation, Page, Readable } from './types.js'
 
 /**
@@ -25,11 +26,11 @@ export class OperationAccess {
   }
 
   canRead(op: Operation): boolean {
-    return this.#admin || op.owner === this.owner || granted(this.#permissions(op.name)?.read, this.#caller)
+    return this.#admin || op.owner === this.owner || mayRead(this.#permissions(op.name), this.#caller)
   }
 
   canWrite(op: Operation): boolean {
-    return this.#admin || op.owner === this.owner || granted(this.#permissions(op.name)?.write, this.#caller)
+    return this.#admin || op.owner === this.owner || mayWrite(this.#permissions(op.name), this.#caller)
   }
 
   async get(id: string): Promise<Operation> {
@@ -42,6 +43,24 @@ export class OperationAccess {
   async events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]> {
     await this.get(id)
     return this.#engine.events(id, range)
+  }
+
+  /** Calls `listener` when operation `id` changes: a hint to read it again, through this view. */
+  watch(id: string, listener: () => void): () => void {
+    return this.#engine.watch(id, listener)
+  }
+
+  watchAll(listener: (id: string) => void): () => void {
+    return this.#engine.watchAll(listener)
+  }
+
+  /**
+   * The events of the operations this caller may read, in commit order: of the routes `names`
+   * when given, else of the caller's own operations only.
+   */
+  feed(query: { after?: string; limit: number; names?: string[] }): Promise<FeedPage> {
+    const readable = query.names ? this.#readable('read').readable : { owners: [this.owner], names: [] }
+    return this.#engine.feed({ ...query, ...(readable ? { readable } : {}) })
   }
 
   /** The operation with its history. */
@@ -89,9 +108,10 @@ export class OperationAccess {
 
   #readable(kind: 'read' | 'write'): { readable?: Readable } {
     if (this.#admin) return {}
+    const may = kind === 'read' ? mayRead : mayWrite
     const names = this.#engine
       .definitions()
-      .filter((def) => granted(def.permissions?.[kind], this.#caller))
+      .filter((def) => may(def.permissions, this.#caller))
       .map((def) => def.name)
     return { readable: { owners: [this.owner], names } }
   }

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { resolveDefinition, type OperationDefinition, type ResolvedDefinition } from './definition.js'
 import {
+  capabilityMissing,
   idempotencyKeyMismatch,
   invalidOption,
   operationFinished,
@@ -10,11 +11,12 @@ import {
   operationNotRetryable,
   unknownOperation,
 } from './errors.js'
+import { ChangeRouter } from './changes.js'
 import { safeEmit, type EngineEvents } from './events.js'
 import { canDelete, canRetry, isTerminal, OPERATION_STATES, type OperationState } from './operation.js'
 import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js'
 import { Runner } from './runner.js'
-import { hasEventLog, type Store } from './store.js'
+import { hasEventFeed, hasEventLog, type FeedPage, type FeedQuery, type Store } from './store.js'
 import type { HistoryEntry, ListQuery, NewOperation, Operation, Page, Readable, StatsQuery } from './types.js'
 
 export interface SubmitRequest {
@@ -67,6 +69,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   readonly #opts: ResolvedEngineOptions
   readonly #definitions = new Map<string, ResolvedDefinition>()
   readonly #runner: Runner | undefined
+  readonly #changes = new ChangeRouter()
   #started = false
   #unsubscribe: (() => void) | undefined
   #draining: Promise<void> | undefined
@@ -87,6 +90,11 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   get workerId(): string {
     return this.#opts.workerId
+  }
+
+  /** The `poll` option: how long anything waiting for a change waits before it looks again. */
+  get pollMs(): number {
+    return this.#opts.pollMs
   }
 
   /** Registers what operations of `def.name` do. Definitions are the same in API and worker processes. */
@@ -113,7 +121,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.#unsubscribe = this.store.subscribe?.((notice) => {
       if (notice.kind === 'queued') this.#runner?.wake()
       else if (notice.kind === 'cancel-requested') this.#runner?.cancelRequested(notice.id)
-      else safeEmit(this, this.#opts.logger, 'operation:changed', notice.id)
+      else this.#changed(notice.id)
     })
     this.#runner?.start()
   }
@@ -168,7 +176,31 @@ export class Engine extends EventEmitter<EngineEvents> {
     ...args: EngineEvents[K]
   ): void {
     safeEmit(this, this.#opts.logger, event, ...args)
-    safeEmit(this, this.#opts.logger, 'operation:changed', args[0].id)
+    this.#changed(args[0].id)
+  }
+
+  #changed(id: string): void {
+    this.#changes.changed(id)
+    safeEmit(this, this.#opts.logger, 'operation:changed', id)
+  }
+
+  /**
+   * Calls `listener` whenever operation `id` changes, as `operation:changed` would, but at a cost
+   * per change that does not grow with the number of operations watched. Returns the unwatch function.
+   */
+  watch(id: string, listener: () => void): () => void {
+    return this.#changes.watch(id, listener)
+  }
+
+  /** Calls `listener` with the id of every operation that changes; returns the unwatch function. */
+  watchAll(listener: (id: string) => void): () => void {
+    return this.#changes.watchAll(listener)
+  }
+
+  /** The events of many operations in commit order (`EventFeed`); the bundled stores all have it. */
+  feed(query: FeedQuery): Promise<FeedPage> {
+    if (!hasEventFeed(this.store)) throw capabilityMissing('an event feed (EventFeed)')
+    return this.store.feed(query)
   }
 
   #newOperation(name: string, request: SubmitRequest): NewOperation {

@@ -42,8 +42,13 @@ export const ERRORS = {
   forbidden: { status: 403, title: 'Forbidden' },
   'quota-exceeded': { status: 429, title: 'Too many active operations' },
   'rate-limited': { status: 429, title: 'Too many requests' },
+  'too-many-streams': { status: 429, title: 'Too many open streams' },
+  // Waiting
+  'hold-timeout': { status: 408, title: 'Operation not done in time' },
   // The server
   'store-closed': { status: 503, title: 'Store closed' },
+  'shutting-down': { status: 503, title: 'Shutting down' },
+  'not-supported': { status: 501, title: 'Not supported' },
   'schema-too-new': { status: 500, title: 'Schema too new' },
   'invalid-option': { status: 500, title: 'Invalid option' },
   'internal-error': { status: 500, title: 'Internal error' },
@@ -143,6 +148,9 @@ export const forbidden = () => new LongrunError('forbidden', 'You may read this 
 
 export const invalidOption = (name: string, why: string) =>
   new LongrunError('invalid-option', `Option '${name}' ${why}.`)
+
+export const capabilityMissing = (what: string) =>
+  new LongrunError('not-supported', `The store does not offer ${what}.`)
 
 export const storeClosed = () => new LongrunError('store-closed', 'The store is closed.')
 

@@ -13,6 +13,7 @@ import type {
   Outcome,
   Page,
   Progress,
+  Readable,
   StatsQuery,
   StatsRow,
 } from './types.js'
@@ -111,6 +112,43 @@ export interface EventLog {
 
 export function hasEventLog(store: Store): store is Store & EventLog {
   return typeof (store as Partial<EventLog>).events === 'function'
+}
+
+/** An event of the feed across operations. */
+export interface FeedEntry extends HistoryEntry {
+  operationId: string
+  /** The feed's position just after this entry: reading on from it gives the entries that follow. */
+  cursor: string
+}
+
+export interface FeedQuery {
+  /** A cursor from an earlier page; none: no entries, and the cursor of the present. */
+  after?: string
+  limit: number
+  /** Only operations of these names. */
+  names?: string[]
+  /** Only what a caller may read. */
+  readable?: Readable
+}
+
+export interface FeedPage {
+  entries: FeedEntry[]
+  /** Where the next page starts: the last entry's position, or `after` when there is none. */
+  cursor: string
+}
+
+/**
+ * A store that reads the events of many operations in the order they were committed: what group
+ * streams resume from. A cursor never skips an event committed later with a smaller position (on
+ * PostgreSQL, concurrent transactions can commit out of their sequence order).
+ */
+export interface EventFeed {
+  /** An unknown cursor answers an empty page at the present, as list cursors do. */
+  feed(query: FeedQuery): Promise<FeedPage>
+}
+
+export function hasEventFeed(store: Store): store is Store & EventFeed {
+  return typeof (store as Partial<EventFeed>).feed === 'function'
 }
 
 /**

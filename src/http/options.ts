@@ -41,6 +41,14 @@ export interface ProtocolOptions {
    * as `'1 minute'`. @default none
    */
   rateLimit?: { max: number; timeWindow: number | string }
+  /** How often an idle event stream sends a comment, so that proxies keep it open. @default '15s' */
+  streamHeartbeat?: Duration
+  /** Event streams and waits one caller (principal, or address when anonymous) may hold open at once. @default 16 */
+  maxStreamsPerCaller?: number
+  /** Longest wait a client may ask for (`/wait?timeout=`, `Prefer: wait=`). @default '60s' */
+  maxWait?: Duration
+  /** An event stream whose client has not read what was sent for this long is closed. @default '30s' */
+  slowConsumerTimeout?: Duration
 }
 
 export interface ResolvedProtocolOptions {
@@ -57,6 +65,10 @@ export interface ResolvedProtocolOptions {
   policy: AccessPolicy
   maxActivePerOwner: number | undefined
   rateLimit: { max: number; timeWindow: number | string } | undefined
+  streamHeartbeatMs: number
+  maxStreamsPerCaller: number
+  maxWaitMs: number
+  slowConsumerTimeoutMs: number
 }
 
 const DEFAULTS = {
@@ -67,6 +79,10 @@ const DEFAULTS = {
   maxPageSize: 100,
   idempotencyHeaders: ['idempotency-key'],
   challenge: 'Bearer realm="longrun"',
+  streamHeartbeat: 15_000,
+  maxStreamsPerCaller: 16,
+  maxWait: 60_000,
+  slowConsumerTimeout: 30_000,
 } as const
 
 const isPositiveInteger = (n: unknown): n is number => Number.isInteger(n) && (n as number) > 0
@@ -98,6 +114,13 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
   }
   const rateLimit = input.rateLimit
   if (rateLimit && !isPositiveInteger(rateLimit.max)) throw invalidOption('rateLimit.max', 'must be a positive integer')
+  const positiveMs = (name: 'streamHeartbeat' | 'maxWait' | 'slowConsumerTimeout') => {
+    const ms = toMs(name, input[name] ?? DEFAULTS[name])
+    if (ms <= 0) throw invalidOption(name, 'must be positive')
+    return ms
+  }
+  const maxStreams = input.maxStreamsPerCaller ?? DEFAULTS.maxStreamsPerCaller
+  if (!isPositiveInteger(maxStreams)) throw invalidOption('maxStreamsPerCaller', 'must be a positive integer')
   return {
     basePath,
     exposeStack: input.exposeStack ?? false,
@@ -112,5 +135,9 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
     policy: input.adminRole === undefined ? {} : { adminRole: input.adminRole },
     maxActivePerOwner: maxActive,
     rateLimit: rateLimit && { max: rateLimit.max, timeWindow: rateLimit.timeWindow },
+    streamHeartbeatMs: positiveMs('streamHeartbeat'),
+    maxStreamsPerCaller: maxStreams,
+    maxWaitMs: positiveMs('maxWait'),
+    slowConsumerTimeoutMs: positiveMs('slowConsumerTimeout'),
   }
 }

@@ -7,17 +7,28 @@ import type { Operation } from '../core/types.js'
 import { unauthorized } from './auth.js'
 import { negotiate, serialize } from './formats.js'
 import type { ResolvedProtocolOptions } from './options.js'
-import type { RequestHead } from './request.js'
+import { headerOf, type RequestHead } from './request.js'
 import { operationUrl, publicError, toDetailedResource, toResource } from './resource.js'
 import { resolveAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema, type ResolvedAsyncRoute } from './route.js'
+import { callerKey, preferences, Realtime } from './realtime.js'
 import { Submitter, type SubmitParts } from './submit.js'
 
 /** A framework-neutral answer: adapters copy it onto their own reply object. */
 export interface HttpReply {
   status: number
   headers: Record<string, string>
-  /** A string is sent as is; anything else as JSON. */
+  /** A string is sent as is, a Node `Readable` (an event stream) is piped; anything else as JSON. */
   body?: unknown
+}
+
+/** What the push endpoints read of a request besides its path. */
+export interface LiveRequest {
+  headers: Record<string, string | string[] | undefined>
+  query: Record<string, unknown>
+  /** The client's address: anonymous callers' streams are counted by it. */
+  ip: string
+  /** Aborts when the client goes away before its answer. */
+  signal?: AbortSignal
 }
 
 const JSON_TYPE = 'application/json; charset=utf-8'
@@ -35,11 +46,23 @@ export class OperationsProtocol {
   readonly options: ResolvedProtocolOptions
   readonly #submitter: Submitter
   readonly #routes = new Map<string, ResolvedAsyncRoute>()
+  readonly #realtime: Realtime
 
   constructor(engine: Engine, options: ResolvedProtocolOptions) {
     this.engine = engine
     this.options = options
     this.#submitter = new Submitter(engine, options)
+    this.#realtime = new Realtime(options, engine.pollMs, (group) =>
+      [...this.#routes.values()].filter((route) => route.sseGroup === group).map((route) => route.name),
+    )
+  }
+
+  /**
+   * Answers every open stream, wait and held request at once (streams end after a comment, the
+   * others get `503 shutting-down`) and refuses new ones: call it when the server starts closing.
+   */
+  shutdown(): void {
+    this.#realtime.shutdown()
   }
 
   /** Checks an async route and defines its operation on the engine; the adapter then serves it. */
@@ -66,10 +89,54 @@ export class OperationsProtocol {
     return new OperationAccess(this.engine, caller, this.options.policy)
   }
 
-  /** `POST <route>`: stores the operation, then answers 202. */
-  async submit(access: OperationAccess, route: ResolvedAsyncRoute, parts: SubmitParts): Promise<HttpReply> {
-    const { op, headers } = await this.#submitter.submit(access, route, parts)
-    return this.accepted(op, headers)
+  /**
+   * `POST <route>`: stores the operation, then answers 202; or, for a held route or a request that
+   * prefers to wait (`Prefer: wait=N`, RFC 7240), its outcome when it ends in time.
+   */
+  async submit(
+    access: OperationAccess,
+    route: ResolvedAsyncRoute,
+    parts: SubmitParts & Partial<LiveRequest>,
+  ): Promise<HttpReply> {
+    const prefer = preferences(parts)
+    const waitMs = route.hold?.timeoutMs ?? this.#realtime.waitMs(prefer.get('wait'))
+    // A held request counts against the caller's slots like a wait, refused before anything is
+    // stored; a mere preference to wait is just not applied when no slot is free.
+    const slot = waitMs ? this.#realtime.slot(callerKey(access, parts.ip ?? ''), route.hold === undefined) : undefined
+    let submitted
+    try {
+      submitted = await this.#submitter.submit(access, route, parts)
+    } catch (err) {
+      slot?.()
+      throw err
+    }
+    const { op, headers } = submitted
+    const vary = { vary: 'Prefer', ...headers }
+    if (!waitMs || !slot) return this.#acceptedAsPreferred(op, vary, prefer)
+    const done = await this.#realtime.wait(access, op.id, waitMs, parts.signal, slot)
+    if (parts.signal?.aborted) {
+      if (route.hold?.cancelOnDisconnect && !isTerminal(done.state)) await access.cancel(op.id).catch(() => {})
+      return this.#acceptedAsPreferred(done, vary, prefer)
+    }
+    if (!isTerminal(done.state)) {
+      if (route.hold?.onTimeout === 'timeout') {
+        throw new LongrunError('hold-timeout', `The operation is still '${done.state}'; poll it.`, {
+          extra: { state: done.state, retryAfter: this.options.retryAfterSeconds },
+          headers: { location: operationUrl(this.options.basePath, op.id), ...vary },
+        })
+      }
+      return this.#acceptedAsPreferred(done, vary, prefer)
+    }
+    const answered: Record<string, string> = { ...vary, 'content-location': operationUrl(this.options.basePath, op.id) }
+    if (route.hold === undefined) answered['preference-applied'] = `wait=${prefer.get('wait')}`
+    return this.#outcome(done, headerOf(parts, 'accept'), answered)
+  }
+
+  #acceptedAsPreferred(op: Operation, headers: Record<string, string>, prefer: Map<string, string>): HttpReply {
+    return this.accepted(
+      op,
+      prefer.has('respond-async') ? { ...headers, 'preference-applied': 'respond-async' } : headers,
+    )
   }
 
   /** 202 for a just-accepted (or re-queued) operation. */
@@ -86,18 +153,50 @@ export class OperationsProtocol {
     }
   }
 
-  async status(access: OperationAccess, id: string): Promise<HttpReply> {
+  /** `GET {base}/{id}`; with `Prefer: wait=N`, once the operation is done or N seconds have passed. */
+  async status(access: OperationAccess, id: string, request?: LiveRequest): Promise<HttpReply> {
+    const waitMs = request && this.#realtime.waitMs(preferences(request).get('wait'))
+    if (request && waitMs) await this.#wait(access, id, waitMs, request)
     const { op, history } = await access.details(id)
-    return { status: 200, headers: this.#headers(op), body: toDetailedResource(op, history, this.options) }
+    const headers = { ...this.#headers(op), ...(request ? { vary: 'Prefer' } : {}) }
+    return { status: 200, headers, body: toDetailedResource(op, history, this.options) }
+  }
+
+  /** `GET {base}/{id}/wait?timeout=N`: the operation once it is done, or as it is after N seconds (Google's WaitOperation). */
+  async wait(access: OperationAccess, id: string, request: LiveRequest): Promise<HttpReply> {
+    const timeout = request.query.timeout
+    if (timeout !== undefined && typeof timeout !== 'string') throw invalidQuery('timeout', 'must be given once')
+    const waitMs = this.#realtime.waitMs(timeout, 'timeout') ?? Math.min(30_000, this.options.maxWaitMs)
+    await this.#wait(access, id, waitMs, request)
+    return this.status(access, id)
+  }
+
+  #wait(access: OperationAccess, id: string, waitMs: number, request: LiveRequest): Promise<Operation> {
+    const slot = this.#realtime.slot(callerKey(access, request.ip), false)!
+    return this.#realtime.wait(access, id, waitMs, request.signal, slot)
+  }
+
+  /** `GET {base}/{id}/events`: the operation's events as server-sent events (docs/realtime.md). */
+  events(access: OperationAccess, id: string, request: LiveRequest): Promise<HttpReply> {
+    return this.#realtime.operationStream({ access, caller: callerKey(access, request.ip), ...request }, id)
+  }
+
+  /** `GET {base}/events`: the events of a group's operations (`?group=`), or of all of the caller's own. */
+  feed(access: OperationAccess, request: LiveRequest): Promise<HttpReply> {
+    return this.#realtime.feedStream({ access, caller: callerKey(access, request.ip), ...request })
   }
 
   async result(access: OperationAccess, id: string, accept: string | undefined): Promise<HttpReply> {
-    const op = await access.get(id)
+    return this.#outcome(await access.get(id), accept)
+  }
+
+  /** The result of a succeeded operation, else the problem that says why there is none. */
+  #outcome(op: Operation, accept: string | undefined, headers: Record<string, string> = {}): HttpReply {
     if (op.state === 'succeeded') {
       const type = negotiate(accept, this.#routes.get(op.name)?.resultTypes ?? ['application/json'])
       return {
         status: 200,
-        headers: { 'content-type': `${type}; charset=utf-8`, vary: 'Accept' },
+        headers: { ...headers, 'content-type': `${type}; charset=utf-8`, vary: mergeVary(headers.vary, 'Accept') },
         body: serialize(op.result, type),
       }
     }
@@ -111,6 +210,7 @@ export class OperationsProtocol {
       `The operation ended '${op.state}'.`,
       {
         extra: { state: op.state, ...(op.error ? { error: publicError(op.error, this.options.exposeStack) } : {}) },
+        headers,
       },
     )
   }
@@ -203,6 +303,8 @@ export class OperationsProtocol {
     return headers
   }
 }
+
+const mergeVary = (first: string | undefined, second: string) => (first ? `${first}, ${second}` : second)
 
 const invalidFilter = (field: string, why: string) =>
   new LongrunError('invalid-body', `Field '${field}' ${why}.`, { extra: { field } })

@@ -1,4 +1,5 @@
 import type { OperationDefinition } from '../core/definition.js'
+import { toMs, type Duration } from '../core/duration.js'
 import { invalidOption } from '../core/errors.js'
 import { RESULT_TYPES, type ResultType } from './formats.js'
 import type { IdempotencyMode } from './idempotency.js'
@@ -31,6 +32,22 @@ export interface AsyncRouteOptions<S extends AsyncRouteSchema, Result, Args> ext
   bodyLimit?: number
   /** `required`: a request without an idempotency key gets 400. @default 'optional' */
   idempotency?: IdempotencyMode
+  /** Streams `GET {basePath}/events?group=<sseGroup>` carry this route's operations (Pode's SSE groups). */
+  sseGroup?: string
+  /**
+   * Keeps the submitting request open until the operation ends, then answers its outcome as a
+   * synchronous endpoint would (qbm-http's async handlers). @default none: answer 202 at once
+   */
+  hold?: HoldOptions
+}
+
+export interface HoldOptions {
+  /** How long to hold the request. @default '60s' */
+  timeout?: Duration
+  /** What a request still held at the timeout gets: `202 Accepted`, or `408` (`hold-timeout`). @default 'accepted' */
+  onTimeout?: 'accepted' | 'timeout'
+  /** Cancel the operation when the client goes away before its answer. @default false */
+  cancelOnDisconnect?: boolean
 }
 
 /** Any async route's options, e.g. for a list of differently typed routes. */
@@ -56,6 +73,8 @@ export interface ResolvedAsyncRoute {
   resultTypes: readonly ResultType[]
   bodyLimit: number | undefined
   idempotency: IdempotencyMode
+  sseGroup: string | undefined
+  hold: { timeoutMs: number; onTimeout: 'accepted' | 'timeout'; cancelOnDisconnect: boolean } | undefined
   definition: OperationDefinition<unknown, unknown, unknown>
 }
 
@@ -69,6 +88,8 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args>(
     resultTypes,
     bodyLimit,
     idempotency = 'optional',
+    sseGroup,
+    hold,
     ...definition
   } = route as unknown as AnyAsyncRoute
   const name = definition.name
@@ -82,6 +103,9 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args>(
   if (bodyLimit !== undefined && !(Number.isInteger(bodyLimit) && bodyLimit > 0)) {
     throw invalidOption(`${name}.bodyLimit`, 'must be a positive whole number of bytes')
   }
+  if (sseGroup !== undefined && (typeof sseGroup !== 'string' || !/^[\w.~-]{1,100}$/.test(sseGroup))) {
+    throw invalidOption(`${name}.sseGroup`, 'must be 1-100 letters, digits or . _ ~ -')
+  }
   return {
     name,
     method: method.toUpperCase(),
@@ -90,6 +114,18 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args>(
     resultTypes: resultTypes?.length ? resultTypes : ['application/json'],
     bodyLimit,
     idempotency,
+    sseGroup,
+    hold: hold && resolveHold(name, hold),
     definition,
   }
+}
+
+function resolveHold(name: string, hold: HoldOptions): NonNullable<ResolvedAsyncRoute['hold']> {
+  const timeoutMs = toMs(`${name}.hold.timeout`, hold.timeout ?? 60_000)
+  if (timeoutMs <= 0) throw invalidOption(`${name}.hold.timeout`, 'must be positive')
+  const onTimeout = hold.onTimeout ?? 'accepted'
+  if (onTimeout !== 'accepted' && onTimeout !== 'timeout') {
+    throw invalidOption(`${name}.hold.onTimeout`, "must be 'accepted' or 'timeout'")
+  }
+  return { timeoutMs, onTimeout, cancelOnDisconnect: hold.cancelOnDisconnect === true }
 }

@@ -9,6 +9,10 @@ export interface EndpointRequest {
   query: Record<string, unknown>
   body: unknown
   headers: Record<string, string | string[] | undefined>
+  /** The client's address. */
+  ip: string
+  /** Aborts when the client goes away before its answer. */
+  signal?: AbortSignal
 }
 
 export interface OperationRoute {
@@ -29,8 +33,11 @@ const accept = (request: EndpointRequest) => {
 export const OPERATION_ROUTES: readonly OperationRoute[] = [
   { method: 'GET', path: '', name: 'list', answer: (p, a, r) => p.list(a, r.query) },
   { method: 'GET', path: '/stats', name: 'stats', answer: (p, a) => p.stats(a) },
+  { method: 'GET', path: '/events', name: 'feed', answer: (p, a, r) => p.feed(a, r) },
   { method: 'POST', path: '/retry', name: 'retryAll', answer: (p, a, r) => p.retryAll(a, r.body) },
-  { method: 'GET', path: '/:id', name: 'status', answer: (p, a, r) => p.status(a, r.id) },
+  { method: 'GET', path: '/:id', name: 'status', answer: (p, a, r) => p.status(a, r.id, r) },
+  { method: 'GET', path: '/:id/events', name: 'events', answer: (p, a, r) => p.events(a, r.id, r) },
+  { method: 'GET', path: '/:id/wait', name: 'wait', answer: (p, a, r) => p.wait(a, r.id, r) },
   { method: 'GET', path: '/:id/result', name: 'result', answer: (p, a, r) => p.result(a, r.id, accept(r)) },
   { method: 'GET', path: '/:id/error', name: 'error', answer: (p, a, r) => p.error(a, r.id) },
   { method: 'POST', path: '/:id/cancel', name: 'cancel', answer: (p, a, r) => p.cancel(a, r.id) },

@@ -1,7 +1,15 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { LongrunError } from '../core/errors.js'
 import { allows, OPERATION_STATES, TRANSITIONS, type Action, type OperationState } from '../core/operation.js'
-import { hasEventLog, type EventLog, type Store } from '../core/store.js'
+import {
+  hasEventFeed,
+  hasEventLog,
+  type EventFeed,
+  type EventLog,
+  type FeedEntry,
+  type FeedQuery,
+  type Store,
+} from '../core/store.js'
 import type {
   HistoryEntry,
   IdempotencyKey,
@@ -1079,6 +1087,98 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect((await all(kept.id)).map((e) => e.event)).toEqual(['submitted', 'started', 'canceled'])
         await store.insert(newOp({ id: deleted.id }))
         expect((await all(deleted.id)).map((e) => e.event)).toEqual(['submitted'])
+      })
+    })
+
+    describe('event feed', () => {
+      let feed: Store & EventFeed
+
+      beforeEach(({ skip }) => {
+        if (!hasEventFeed(store)) skip()
+        feed = store as Store & EventFeed
+      })
+
+      /** Reads the feed from `after` to its end, page by page. */
+      const readAll = async (after: string, query: Omit<FeedQuery, 'after' | 'limit'> = {}, limit = 1_000) => {
+        const entries: FeedEntry[] = []
+        let cursor = after
+        for (;;) {
+          const page = await feed.feed({ ...query, after: cursor, limit })
+          expect(page.entries.length).toBeLessThanOrEqual(limit)
+          entries.push(...page.entries)
+          cursor = page.cursor
+          if (page.entries.length < limit) return { entries, cursor }
+        }
+      }
+
+      it('starts at the present and then holds every event of every operation, in commit order', async () => {
+        await store.insert(newOp({ name: 'before' }))
+        const start = await feed.feed({ limit: 10 })
+        expect(start.entries).toEqual([])
+        const a = await running({ name: 'a' })
+        const b = await store.insert(newOp({ name: 'b' }))
+        await store.progress(leaseOf(a), { percent: 40 }, T0)
+        await store.settle(leaseOf(a), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN }, T0 + 1)
+        const { entries, cursor } = await readAll(start.cursor)
+        expect(entries.map((e) => [e.operationId, e.event])).toEqual([
+          [a.id, 'submitted'],
+          [a.id, 'started'],
+          [b.id, 'submitted'],
+          [a.id, 'progress'],
+          [a.id, 'succeeded'],
+        ])
+        expectIncreasing(entries)
+        // Entry for entry what each operation's own log holds.
+        if (hasEventLog(store)) {
+          const own = await store.events(a.id, { limit: 100 })
+          expect(
+            entries.filter((e) => e.operationId === a.id).map(({ operationId: _id, cursor: _cursor, ...e }) => e),
+          ).toStrictEqual(own)
+        }
+        expect((await feed.feed({ after: cursor, limit: 10 })).entries).toEqual([])
+        for (const limit of [1, 2, 3]) expect((await readAll(start.cursor, {}, limit)).entries).toStrictEqual(entries)
+        // Each entry's cursor resumes right after it.
+        for (const [i, entry] of entries.entries()) {
+          expect((await readAll(entry.cursor)).entries).toStrictEqual(entries.slice(i + 1))
+        }
+      })
+
+      it('keeps only the names and the readers asked for, and moves past what it left out', async () => {
+        const start = (await feed.feed({ limit: 10 })).cursor
+        const mine = await store.insert(newOp({ name: 'report', owner: 'alice' }))
+        const theirs = await store.insert(newOp({ name: 'report', owner: 'bob' }))
+        const shared = await store.insert(newOp({ name: 'export', owner: 'bob' }))
+        const ids = async (query: Omit<FeedQuery, 'after' | 'limit'>) =>
+          (await readAll(start, query)).entries.map((e) => e.operationId)
+        expect(await ids({ names: ['report'] })).toEqual([mine.id, theirs.id])
+        expect(await ids({ names: [] })).toEqual([])
+        expect(await ids({ readable: { owners: ['alice'], names: [] } })).toEqual([mine.id])
+        expect(await ids({ readable: { owners: ['alice'], names: ['export'] } })).toEqual([mine.id, shared.id])
+        expect(await ids({ names: ['report'], readable: { owners: ['bob'], names: [] } })).toEqual([theirs.id])
+        const skipped = await readAll(start, { names: ['nothing'] })
+        expect(skipped.entries).toEqual([])
+        const later = await store.insert(newOp({ name: 'nothing' }))
+        expect((await readAll(skipped.cursor, { names: ['nothing'] })).entries.map((e) => e.operationId)).toEqual([
+          later.id,
+        ])
+      })
+
+      it('answers an unknown cursor with an empty page at the present', async () => {
+        await store.insert(newOp())
+        for (const cursor of ['', 'abc', '-1', '1.5', '1-2-3', 'NaN']) {
+          const page = await feed.feed({ after: cursor, limit: 10 })
+          expect(page.entries).toEqual([])
+          const next = await store.insert(newOp())
+          expect((await readAll(page.cursor)).entries.map((e) => e.operationId)).toEqual([next.id])
+        }
+      })
+
+      it('forgets the events of deleted operations', async () => {
+        const start = (await feed.feed({ limit: 10 })).cursor
+        const gone = await finished('succeeded', T0 + RETAIN)
+        const kept = await store.insert(newOp())
+        expect(await store.delete(gone.id)).toBe(true)
+        expect((await readAll(start)).entries.map((e) => e.operationId)).toEqual([kept.id])
       })
     })
 

@@ -1,6 +1,6 @@
 import { canceledError, duplicateOperationId } from '../../core/errors.js'
 import { allows, canCancel, isTerminal } from '../../core/operation.js'
-import type { EventLog, Store } from '../../core/store.js'
+import type { EventFeed, EventLog, FeedEntry, FeedPage, FeedQuery, Store } from '../../core/store.js'
 import type {
   ClaimRequest,
   HistoryEntry,
@@ -27,7 +27,7 @@ interface Entry {
   op: Operation
 }
 
-export class MemoryStore implements Store, EventLog {
+export class MemoryStore implements Store, EventLog, EventFeed {
   // Insertion order is `seq` order, which list() walks backwards for newest first.
   readonly #entries = new Map<string, Entry>()
   readonly #history = new Map<string, HistoryEntry[]>()
@@ -37,6 +37,8 @@ export class MemoryStore implements Store, EventLog {
   #seq = 0
   // One sequence for the events of every operation, as the SQL stores have: increasing per operation.
   #eventSeq = 0
+  // Every operation's events in `seq` order, for the feed; trimmed with the operations.
+  #log: FeedEntry[] = []
 
   async insert(input: NewOperation): Promise<Operation> {
     return this.#insert(input)
@@ -92,6 +94,22 @@ export class MemoryStore implements Store, EventLog {
       if (entry.seq > after) found.push(entry)
     }
     return structuredClone(found)
+  }
+
+  async feed(query: FeedQuery): Promise<FeedPage> {
+    const head = String(this.#eventSeq)
+    const after = query.after === undefined ? undefined : cursorPosition(query.after)
+    if (after === undefined) return { entries: [], cursor: head }
+    const entries: FeedEntry[] = []
+    for (let i = firstAfter(this.#log, after); i < this.#log.length && entries.length < query.limit; i++) {
+      const entry = this.#log[i]!
+      const op = this.#entries.get(entry.operationId)!.op
+      if (query.names && !query.names.includes(op.name)) continue
+      if (isReadable(op, query.readable)) entries.push(entry)
+    }
+    // A page cut short by the filters still moves the cursor past what it read.
+    const last = entries.length === query.limit ? entries[entries.length - 1]!.seq : this.#eventSeq
+    return { entries: structuredClone(entries), cursor: String(Math.max(after, last)) }
   }
 
   async get(id: string): Promise<Operation | undefined> {
@@ -271,22 +289,27 @@ export class MemoryStore implements Store, EventLog {
   async delete(id: string): Promise<boolean> {
     const op = this.#entries.get(id)?.op
     if (!op || !allows('delete', op.state)) return false
-    this.#history.delete(id)
-    return this.#entries.delete(id)
+    this.#forget(new Set([id]))
+    return true
   }
 
   async purge(now: number, limit: number): Promise<number> {
-    let purged = 0
+    const purged = new Set<string>()
     for (const [id, { op }] of this.#entries) {
-      if (purged === limit) break
-      if (isTerminal(op.state) && op.expiresAt !== undefined && op.expiresAt <= now) {
-        this.#entries.delete(id)
-        this.#history.delete(id)
-        purged++
-      }
+      if (purged.size === limit) break
+      if (isTerminal(op.state) && op.expiresAt !== undefined && op.expiresAt <= now) purged.add(id)
     }
+    if (purged.size > 0) this.#forget(purged)
     for (const [slot, used] of this.#keys) if (used.expiresAt <= now) this.#keys.delete(slot)
-    return purged
+    return purged.size
+  }
+
+  #forget(ids: Set<string>): void {
+    for (const id of ids) {
+      this.#entries.delete(id)
+      this.#history.delete(id)
+    }
+    this.#log = this.#log.filter((entry) => !ids.has(entry.operationId))
   }
 
   async close(): Promise<void> {}
@@ -303,6 +326,7 @@ export class MemoryStore implements Store, EventLog {
 
   #record(op: Operation, event: Omit<HistoryEntry, 'seq'>): void {
     const entry: HistoryEntry = { seq: ++this.#eventSeq, ...event }
+    this.#log.push({ ...entry, operationId: op.id, cursor: String(entry.seq) })
     const history = this.#history.get(op.id)
     if (history) history.push(entry)
     else this.#history.set(op.id, [entry])
@@ -315,6 +339,18 @@ export class MemoryStore implements Store, EventLog {
 }
 
 const slotOf = (key: IdempotencyLookup) => `${key.scope}\u0000${key.key}`
+
+/** The index of the first entry with `seq > after`: the log is in `seq` order. */
+function firstAfter(log: FeedEntry[], after: number): number {
+  let low = 0
+  let high = log.length
+  while (low < high) {
+    const mid = (low + high) >>> 1
+    if (log[mid]!.seq <= after) low = mid + 1
+    else high = mid
+  }
+  return low
+}
 
 function isReadable(op: Operation, readable: Readable | undefined): boolean {
   return !readable || readable.owners.includes(op.owner) || readable.names.includes(op.name)

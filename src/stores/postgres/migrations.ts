@@ -124,6 +124,17 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       ALTER TABLE operation_events ADD COLUMN progress JSONB;
     `,
   },
+  {
+    version: 5,
+    name: 'event feed',
+    // Sequence numbers are taken before commit, so concurrent transactions can commit out of their
+    // order. The feed reads only transactions older than every running one (the snapshot's xmin),
+    // in (transaction id, seq) order: a position read is never passed by a later commit.
+    sql: `
+      ALTER TABLE operation_events ADD COLUMN tx xid8 NOT NULL DEFAULT pg_current_xact_id();
+      CREATE INDEX operation_events_feed ON operation_events (tx, seq);
+    `,
+  },
 ]
 
 // Advisory lock class for migrations; the schema's hash is the other half of the key.

@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto'
-import pg from 'pg'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type pg from 'pg'
 import { canceledError, duplicateOperationId, invalidOption, LongrunError, storeClosed } from '../../core/errors.js'
 import { silentLogger, type Logger } from '../../core/logger.js'
-import type { StoreNotice } from '../../core/store.js'
+import type { FeedPage, FeedQuery, StoreNotice } from '../../core/store.js'
 import type {
   ClaimRequest,
   HistoryEntry,
@@ -22,6 +23,7 @@ import type {
   StatsRow,
 } from '../../core/types.js'
 import { cursorPosition } from '../cursor.js'
+import { driver } from './driver.js'
 import { Batch, Lane } from './lane.js'
 import { NoticeListener } from './listener.js'
 import { migrate } from './migrations.js'
@@ -48,6 +50,8 @@ interface PendingInsert {
   reject: (reason: unknown) => void
 }
 
+// How long a feed read waits for transactions older than events already committed: see #feedHorizon.
+const FEED_PATIENCE_MS = 250
 const SCHEMA_PATTERN = /^[a-z_][a-z0-9_]{0,47}$/
 const INT8_OID = 20
 
@@ -100,11 +104,11 @@ export class PgStore implements PostgresStore {
         getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
           oid === INT8_OID && format !== 'binary'
             ? (value: string) => Number(value)
-            : (userTypes ?? pg.types).getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+            : (userTypes ?? driver.types).getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
       },
       options: [config.options, `-c longrun.origin=${this.#origin}`].filter(Boolean).join(' '),
     }
-    this.#pool = new pg.Pool({ ...config, ...this.#clientConfig })
+    this.#pool = new driver.Pool({ ...config, ...this.#clientConfig })
     // An idle connection that breaks is dropped by the pool; without a listener it would crash the process.
     this.#pool.on('error', (err) => this.#logger.warn({ err }, 'longrun: idle PostgreSQL connection failed'))
     const batches = this.#batches()
@@ -250,6 +254,52 @@ export class PgStore implements PostgresStore {
 
   async events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]> {
     return (await this.#run<EventRow>(this.#sql.events, [id, range.after ?? 0, range.limit])).map(toHistoryEntry)
+  }
+
+  async feed(query: FeedQuery): Promise<FeedPage> {
+    const after = query.after === undefined ? undefined : feedPosition(query.after)
+    const horizon = await this.#feedHorizon(after !== undefined)
+    const present = { tx: BigInt(horizon), seq: 0 }
+    if (after === undefined) return { entries: [], cursor: feedCursor(present) }
+    const { where, args, arg } = filters(query)
+    if (query.names) where.push(`name = ANY(${arg(query.names)}::text[])`)
+    const sql = `SELECT ${FEED_COLUMNS} FROM ${this.schema}.operation_events e
+      JOIN ${this.schema}.operations o ON o.id = e.operation_id
+      WHERE (e.tx, e.seq) > (${arg(String(after.tx))}::xid8, ${arg(after.seq)}::bigint) AND e.tx < ${arg(horizon)}::xid8
+      ${where.map((w) => `AND ${w}`).join(' ')} ORDER BY e.tx, e.seq LIMIT ${arg(query.limit)}`
+    const rows = await this.#run<EventRow & { operation_id: string; tx: string }>(sql, args)
+    const last = rows[rows.length - 1]
+    // A page cut short by the filters still moves the cursor past what it read: up to the horizon.
+    const next =
+      rows.length === query.limit ? { tx: BigInt(last!.tx), seq: last!.seq } : after.tx < present.tx ? present : after
+    return {
+      entries: rows.map((row) => ({
+        ...toHistoryEntry(row),
+        operationId: row.operation_id,
+        cursor: feedCursor({ tx: BigInt(row.tx), seq: row.seq }),
+      })),
+      cursor: feedCursor(next),
+    }
+  }
+
+  /**
+   * Every transaction below the horizon has ended: what it wrote is all there, and nothing later can
+   * land below it. Read in a statement of its own, so that the rows' snapshot sees all of it. Events
+   * already committed above it wait for an older transaction still running (anywhere in the
+   * cluster); for a moment, the feed waits with them, so that it holds what was committed before
+   * the call unless a transaction runs long.
+   */
+  async #feedHorizon(patient: boolean): Promise<string> {
+    const deadline = Date.now() + FEED_PATIENCE_MS
+    for (;;) {
+      const [{ horizon, held }] = (await this.#run<{ horizon: string; held: boolean }>(
+        `SELECT h::text AS horizon, EXISTS (SELECT 1 FROM ${this.schema}.operation_events WHERE tx >= h) AS held
+         FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS h) AS snapshot`,
+        [],
+      )) as [{ horizon: string; held: boolean }]
+      if (!patient || !held || Date.now() >= deadline) return horizon
+      await sleep(2)
+    }
   }
 
   async list(query: ListQuery): Promise<Page> {
@@ -491,4 +541,22 @@ export class PgStore implements PostgresStore {
     const result = await this.#pool.query(text, values)
     return result.rows as R[]
   }
+}
+
+const FEED_COLUMNS = `e.seq, e.at, e.event, e.attempt, e.worker, e.actor, e.has_actor, e.error, e.progress,
+  e.operation_id, e.tx::text AS tx`
+
+interface FeedPosition {
+  tx: bigint
+  seq: number
+}
+
+const feedCursor = ({ tx, seq }: FeedPosition) => `${tx}-${seq}`
+
+/** The position a feed cursor names, `<transaction id>-<seq>` as `feed` issues it; `undefined` for anything else. */
+function feedPosition(cursor: string): FeedPosition | undefined {
+  const match = /^(0|[1-9][0-9]{0,19})-(0|[1-9][0-9]*)$/.exec(cursor)
+  if (!match) return undefined
+  const seq = Number(match[2])
+  return Number.isSafeInteger(seq) ? { tx: BigInt(match[1]!), seq } : undefined
 }

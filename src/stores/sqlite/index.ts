@@ -1,4 +1,4 @@
-import type { EventLog, Store } from '../../core/store.js'
+import type { EventFeed, EventLog, Store } from '../../core/store.js'
 import type { SqliteStoreOptions } from './options.js'
 import { SqliteStore } from './store.js'
 
@@ -10,6 +10,6 @@ export type { SqliteStoreOptions } from './options.js'
  * resolves only after its group's commit, so concurrent submissions share the cost of durability.
  * `':memory:'` gives a throwaway database.
  */
-export function sqliteStore(options: SqliteStoreOptions): Store & EventLog {
+export function sqliteStore(options: SqliteStoreOptions): Store & EventLog & EventFeed {
   return new SqliteStore(options)
 }

@@ -3,7 +3,7 @@ import { dirname } from 'node:path'
 import type Database from 'better-sqlite3'
 import type { Statement } from 'better-sqlite3'
 import { storeClosed } from '../../core/errors.js'
-import type { EventLog, Store } from '../../core/store.js'
+import type { EventFeed, EventLog, FeedPage, FeedQuery, Store } from '../../core/store.js'
 import type {
   ClaimRequest,
   HistoryEntry,
@@ -40,7 +40,7 @@ interface PendingWrite extends WriteCall {
   reject: (reason: unknown) => void
 }
 
-export class SqliteStore implements Store, EventLog {
+export class SqliteStore implements Store, EventLog, EventFeed {
   readonly #db: Database.Database
   readonly #sql: ReturnType<typeof statementCache>
   readonly #ops: ReturnType<typeof operationQueries>
@@ -100,6 +100,31 @@ export class SqliteStore implements Store, EventLog {
 
   async events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]> {
     return (this.#events.all(id, range.after ?? 0, range.limit) as EventValues[]).map(toHistoryEntry)
+  }
+
+  async feed(query: FeedQuery): Promise<FeedPage> {
+    // One writer commits in `seq` order: a position read is never passed by a later commit.
+    const { head } = this.#sql(`SELECT coalesce(max(seq), 0) AS head FROM operation_events`).get() as { head: number }
+    const after = query.after === undefined ? undefined : cursorPosition(query.after)
+    if (after === undefined) return { entries: [], cursor: String(head) }
+    const { where, args } = filters(query)
+    if (query.names) {
+      where.push(`name IN (${query.names.map(() => '?').join(', ') || 'NULL'})`)
+      args.push(...query.names)
+    }
+    const sql = `SELECT ${FEED_COLUMNS} FROM operation_events e JOIN operations o ON o.id = e.operation_id
+                 WHERE e.seq > ? ${where.map((w) => `AND ${w}`).join(' ')} ORDER BY e.seq LIMIT ?`
+    const rows = this.#sql(sql)
+      .raw(true)
+      .all(after, ...args, query.limit) as [...EventValues, string][]
+    const entries = rows.map((row) => ({
+      ...toHistoryEntry(row.slice(0, -1) as EventValues),
+      operationId: row.at(-1) as string,
+      cursor: String(row[0]),
+    }))
+    // A page cut short by the filters still moves the cursor past what it read.
+    const cursor = entries.length === query.limit ? entries[entries.length - 1]!.seq : Math.max(after, head)
+    return { entries, cursor: String(cursor) }
   }
 
   async list(query: ListQuery): Promise<Page> {
@@ -203,6 +228,8 @@ export class SqliteStore implements Store, EventLog {
     })
   }
 }
+
+const FEED_COLUMNS = [...EVENT_COLUMNS.split(', ').map((column) => `e.${column}`), 'e.operation_id'].join(', ')
 
 /** The filters list and stats share: states, owner and what the caller may read. */
 function filters(query: StatsQuery): { where: string[]; args: unknown[] } {

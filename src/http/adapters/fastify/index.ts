@@ -8,6 +8,7 @@ import type {
   preParsingAsyncHookHandler,
 } from 'fastify'
 import fp from 'fastify-plugin'
+import { Readable } from 'node:stream'
 import type { Principal } from '../../../core/permissions.js'
 import { Engine } from '../../../core/engine.js'
 import { LongrunError } from '../../../core/errors.js'
@@ -37,7 +38,23 @@ declare module 'fastify' {
 function send(reply: FastifyReply, answer: HttpReply): FastifyReply {
   reply.code(answer.status).headers(answer.headers)
   if (answer.body === undefined) return reply.send()
-  return reply.send(typeof answer.body === 'string' ? answer.body : JSON.stringify(answer.body))
+  if (answer.body instanceof Readable) {
+    // An event stream ends at shutdown: its HTTP/1.1 connection must not then sit idle and keep the
+    // server from closing. (HTTP/2 forbids the header, and closes its own streams.)
+    if (reply.request.raw.httpVersionMajor === 1) reply.header('connection', 'close')
+    return reply.send(answer.body)
+  }
+  if (typeof answer.body === 'string') return reply.send(answer.body)
+  return reply.send(JSON.stringify(answer.body))
+}
+
+/** Aborts when the client goes away before the whole answer was sent. */
+function disconnected(reply: FastifyReply): AbortSignal {
+  const controller = new AbortController()
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) controller.abort()
+  })
+  return controller.signal
 }
 
 /** Node's flat [name, value, ...] list shows a header sent twice, which the parsed headers join. */
@@ -120,6 +137,8 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
               query: (request.query ?? {}) as Record<string, unknown>,
               headers: request.headers,
               headerValues: valuesOf(request),
+              ip: request.ip,
+              signal: disconnected(reply),
             }),
           ),
       })
@@ -133,6 +152,8 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
         query: (request.query ?? {}) as Record<string, unknown>,
         body: request.body,
         headers: request.headers,
+        ip: request.ip,
+        signal: disconnected(reply),
       })
       .then((answer) => send(reply, answer))
 
@@ -169,8 +190,12 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
   )
 
   app.addHook('onReady', async () => engine.start())
-  // Stop claiming as soon as closing begins; the store stays open for requests still in flight.
-  app.addHook('preClose', async () => engine.drain())
+  // Stop claiming as soon as closing begins, and answer every stream, wait and held request now: the
+  // server would otherwise wait for them. The store stays open for requests still in flight.
+  app.addHook('preClose', async () => {
+    protocol.shutdown()
+    await engine.drain()
+  })
   app.addHook('onClose', async () => engine.close())
 }
 
