@@ -346,6 +346,37 @@ async function main(): Promise<number> {
     }
   }
 
+  if (has('streams')) {
+    log(`\n== Streams: ${f0(opts.streams)} concurrent, progress every 100 ms; observing an operation ==`)
+    for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
+      log(`run ${bench.run}/${opts.runs}`)
+      const db = bench.dbPath('streams-sqlite')
+      await bench.attempt('streams', async () => {
+        const raw = await runJob<Record<string, Record<string, unknown>>>(
+          'longrun-streams',
+          { BENCH_STORE: `sqlite:${db}`, BENCH_STREAMS: String(opts.streams) },
+          600_000,
+        )
+        // One sample per way of observing, so that each compares with polling in the table.
+        for (const [key, part] of Object.entries(raw)) {
+          if (typeof part === 'object' && part !== null) bench.record(`streams.${key}`, flatten(part))
+        }
+        const s = bench.samples['streams.streams']!.at(-1)!
+        log(
+          `  ${f0(s.streams!)} streams: delivery p50 ${f0(s.deliveryMs_p50!)} / p99 ${f0(s.deliveryMs_p99!)} ms, ` +
+            `${f0(s.eventsPerSec!)} events/s, RSS ${f0(s.rssIdleMiB!)} -> ${f0(s.rssPeakMiB!)} MiB  [${bench.elapsed()}]`,
+        )
+        for (const way of ['poll', 'sse', 'wait']) {
+          const o = bench.samples[`streams.${way}`]!.at(-1)!
+          log(
+            `  observed by ${way}: ${f2(o.requestsPerOp!)} requests, ${f2(o.observeCpuMsPerOp!)} ms server CPU per op`,
+          )
+        }
+      })
+      bench.dropDb(db)
+    }
+  }
+
   rmSync(SCRATCH, { recursive: true, force: true })
   write(opts, bench, redisVersion)
   if (bench.errors.length > 0) {
@@ -364,6 +395,28 @@ function rows(opts: BenchOptions): Row[] {
   const S4 = `4. Latency (${f0(opts.latencyOps)} sequential)`
   const S5 = '5. Status reads'
   const S6 = `6. Scale (${f0(opts.prefill)} stored)`
+  const S7 = `7. Event streams (${f0(opts.streams)} concurrent, progress every 100 ms)`
+  const S8 = '8. Learning that an operation ended (10 s operations, progress 4 times)'
+  const observed = (variant: string, key: string, isBaseline = false) => [
+    {
+      scenario: S8,
+      variant,
+      key,
+      metric: 'requestsPerOp',
+      label: 'requests per operation',
+      decimals: 2,
+      ...(isBaseline ? { isBaseline } : { baseline: 'streams.poll' }),
+    },
+    {
+      scenario: S8,
+      variant,
+      key,
+      metric: 'observeCpuMsPerOp',
+      label: 'server CPU ms per operation, beyond running it',
+      decimals: 2,
+      ...(isBaseline ? { isBaseline } : { baseline: 'streams.poll' }),
+    },
+  ]
   const SQLITE = 'longrun SQLite (durable, FULL)'
   const PREFILLED = `longrun SQLite, ${f0(opts.prefill)} stored`
   const rps = { metric: 'rps', label: 'req/s', decimals: 0 }
@@ -538,6 +591,45 @@ function rows(opts: BenchOptions): Row[] {
           on: 'median',
         },
       },
+    ],
+    streams: [
+      { scenario: S7, variant: 'longrun SQLite', key: 'streams.streams', ...ms('deliveryMs_p50', 'delivery p50, ms') },
+      { scenario: S7, variant: 'longrun SQLite', key: 'streams.streams', ...ms('deliveryMs_p99', 'delivery p99, ms') },
+      {
+        scenario: S7,
+        variant: 'longrun SQLite',
+        key: 'streams.streams',
+        metric: 'eventsPerSec',
+        label: 'events/s',
+        decimals: 0,
+      },
+      {
+        scenario: S7,
+        variant: 'longrun SQLite',
+        key: 'streams.streams',
+        metric: 'rssIdleMiB',
+        label: 'server RSS idle, MiB',
+        decimals: 0,
+      },
+      {
+        scenario: S7,
+        variant: 'longrun SQLite',
+        key: 'streams.streams',
+        metric: 'rssPeakMiB',
+        label: 'server RSS peak, MiB',
+        decimals: 0,
+      },
+      {
+        scenario: S7,
+        variant: 'longrun SQLite',
+        key: 'streams.streams',
+        metric: 'rssPerStreamKiB',
+        label: 'RSS per stream and its running operation, KiB',
+        decimals: 0,
+      },
+      ...observed('polling once a second', 'streams.poll', true),
+      ...observed('SSE stream', 'streams.sse'),
+      ...observed('GET .../wait?timeout=30', 'streams.wait'),
     ],
   }
   return SCENARIOS.filter((s) => opts.scenarios.has(s)).flatMap((s) => parts[s])

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util'
 
-export const SCENARIOS = ['submit', 'bullmq', 'e2e', 'latency', 'status', 'scale'] as const
+export const SCENARIOS = ['submit', 'bullmq', 'e2e', 'latency', 'status', 'scale', 'streams'] as const
 export type Scenario = (typeof SCENARIOS)[number]
 
 export interface BenchOptions {
@@ -23,6 +23,8 @@ export interface BenchOptions {
   prefill: number
   /** Longest wait for accepted jobs to finish after a load run, in seconds. */
   drainTimeout: number
+  /** Concurrent event streams in the streams scenario. */
+  streams: number
   scenarios: Set<Scenario>
   redisUrl: string
   /** Results are written to `<outDir>/<name>.md` and `.json`. */
@@ -43,6 +45,7 @@ const HELP = `Usage: npm run bench -- [options]          (environment variable, 
   --latency-budget <s>  longest measured part of a latency run   (BENCH_LATENCY_BUDGET, 10)
   --prefill <n>         operations stored for the scale scenario (BENCH_PREFILL, 1000000)
   --drain-timeout <s>   longest wait for accepted jobs to finish (BENCH_DRAIN_TIMEOUT, 60)
+  --streams <n>         concurrent event streams                 (BENCH_STREAMS, 2000)
   --only <list>         comma-separated subset of               (BENCH_ONLY, all)
                         ${SCENARIOS.join(', ')}
   --skip-scale          leave out the scale scenario (no prefill) (BENCH_SKIP_SCALE=1)
@@ -56,6 +59,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     args: argv,
     options: {
       quick: { type: 'boolean', default: false },
+      streams: { type: 'string' },
       duration: { type: 'string' },
       warmup: { type: 'string' },
       runs: { type: 'string' },
@@ -114,6 +118,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     latencyBudget: num(values['latency-budget'], 'BENCH_LATENCY_BUDGET', 10, 1),
     prefill: int(values.prefill, 'BENCH_PREFILL', 1_000_000),
     drainTimeout: num(values['drain-timeout'], 'BENCH_DRAIN_TIMEOUT', 60, 1),
+    streams: int(values.streams, 'BENCH_STREAMS', quick ? 200 : 2_000),
     scenarios,
     redisUrl: values.redis ?? env.REDIS_URL ?? 'redis://127.0.0.1:6379',
     name: values.name ?? (quick ? 'quick' : 'latest'),

@@ -44,6 +44,8 @@ export interface ServerState {
   accepted: number
   done: number
   rss: number
+  /** CPU time the server process has used, user and system, in microseconds. */
+  cpuMicros: number
 }
 
 export interface RunningServer {

@@ -10,7 +10,10 @@ export interface Counters {
 
 /** `GET /_bench/state`: the driver's only window into the server; never hit by the load generator. */
 export function addStateRoute(app: FastifyInstance, counters: Counters): void {
-  app.get('/_bench/state', async () => ({ ...counters, rss: process.memoryUsage.rss() }))
+  app.get('/_bench/state', async () => {
+    const cpu = process.cpuUsage()
+    return { ...counters, rss: process.memoryUsage.rss(), cpuMicros: cpu.user + cpu.system }
+  })
 }
 
 /** Listens on $PORT (loopback only), prints the ready line, and stops cleanly on SIGTERM/SIGINT. */

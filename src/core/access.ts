@@ -46,8 +46,8 @@ export class OperationAccess {
   }
 
   /** Calls `listener` when operation `id` changes: a hint to read it again, through this view. */
-  watch(id: string, listener: () => void): () => void {
-    return this.#engine.watch(id, listener)
+  watch(id: string, listener: () => void, options?: { progress?: boolean }): () => void {
+    return this.#engine.watch(id, listener, options)
   }
 
   watchAll(listener: (id: string) => void): () => void {

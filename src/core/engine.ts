@@ -176,20 +176,21 @@ export class Engine extends EventEmitter<EngineEvents> {
     ...args: EngineEvents[K]
   ): void {
     safeEmit(this, this.#opts.logger, event, ...args)
-    this.#changed(args[0].id)
+    this.#changed(args[0].id, event === 'operation:progress')
   }
 
-  #changed(id: string): void {
-    this.#changes.changed(id)
+  #changed(id: string, progressOnly = false): void {
+    this.#changes.changed(id, progressOnly)
     safeEmit(this, this.#opts.logger, 'operation:changed', id)
   }
 
   /**
    * Calls `listener` whenever operation `id` changes, as `operation:changed` would, but at a cost
-   * per change that does not grow with the number of operations watched. Returns the unwatch function.
+   * per change that does not grow with the number of operations watched; with `progress: false`,
+   * not for progress reported in this process. Returns the unwatch function.
    */
-  watch(id: string, listener: () => void): () => void {
-    return this.#changes.watch(id, listener)
+  watch(id: string, listener: () => void, options?: { progress?: boolean }): () => void {
+    return this.#changes.watch(id, listener, options)
   }
 
   /** Calls `listener` with the id of every operation that changes; returns the unwatch function. */

@@ -6,7 +6,7 @@ import type { HistoryEntry, Operation } from './types.js'
 export interface FollowSource {
   get(id: string): Promise<Operation>
   events(id: string, range: { after?: number; limit: number }): Promise<HistoryEntry[]>
-  watch(id: string, listener: () => void): () => void
+  watch(id: string, listener: () => void, options?: { progress?: boolean }): () => void
 }
 
 /** What following many operations reads. */
@@ -104,7 +104,7 @@ export async function waitForOperation(
 ): Promise<Operation> {
   const deadline = Date.now() + timeoutMs
   const bell = new Doorbell()
-  const unwatch = source.watch(id, () => bell.ring())
+  const unwatch = source.watch(id, () => bell.ring(), { progress: false })
   try {
     for (;;) {
       const op = await source.get(id)
