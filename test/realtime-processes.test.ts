@@ -54,6 +54,31 @@ describe('a stream across a SIGKILL of the server (SQLite)', () => {
   })
 })
 
+describe('shutdown of the demo process with streams and waits open (SQLite)', () => {
+  const dir = tempDir('longrun-realtime-term-')
+  afterAll(() => dir.remove())
+
+  it('answers them at once on SIGTERM and exits within the grace period', async () => {
+    const server = await startServer({ dbPath: join(dir.path, 'ops.db'), env: { LONGRUN_GRACE_MS: '1000' } })
+    const id = await submitSample(server.url, 60_000)
+    // The wait first: by the time both streams have answered, the server has it too. (A request
+    // reaching Fastify only once it is closing gets Fastify's own plain 503.)
+    const waiting = fetch(`${server.url}/operations/${id}/wait?timeout=60`, { headers: SESSION })
+    const stream = await openRaw(`${server.url}/operations/${id}/events`, SESSION)
+    const group = await openRaw(`${server.url}/operations/events?group=demo.tasks`, SESSION)
+    await until(() => stream.events.length > 0 || undefined, 10_000, { what: 'the first event' })
+    const exit = await server.kill('SIGTERM', 10_000)
+    expect(exit).toEqual({ code: 0, signal: null })
+    await stream.ended
+    await group.ended
+    for (const s of [stream, group]) expect(s.comments.map((c) => c.trim())).toContain('server shutting down')
+    const waited = await waiting
+    expect(waited.status).toBe(503)
+    expect(await waited.json()).toMatchObject({ code: 'shutting-down' })
+    expect(waited.headers.get('location')).toBe(`/operations/${id}`)
+  })
+})
+
 describePostgres('a stream on an API process fed by a worker process (PostgreSQL)', (url) => {
   const schema = freshSchemaName('lrrt')
   let worker: ChildProcess | undefined
