@@ -1,6 +1,8 @@
+import { execFile } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
 import { buildApp } from '../examples/basic/app.js'
 import { buildApp as buildRealtimeApp } from '../examples/realtime/app.js'
@@ -86,6 +88,27 @@ describe('the real-time example (examples/realtime, docs/realtime.md)', () => {
       const late = await post('/thumbnails', { ms: 60_000 }, {})
       expect(late.status).toBe(408)
       expect(late.headers.get('location')).toMatch(/^\/operations\//)
+    } finally {
+      await app.close()
+    }
+  }, 30_000)
+})
+
+describe("the Azure poller example (examples/azure, docs/protocol.md's 'Using longrun from standard clients')", () => {
+  const dir = mkdtempSync(join(tmpdir(), 'longrun-example-'))
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  it("gets the README example's report with @azure/core-lro's poller, run as its docs say", async () => {
+    const app = await buildApp(join(dir, 'reports.db'))
+    try {
+      const base = await app.listen({ port: 0, host: '127.0.0.1' })
+      const { stdout } = await promisify(execFile)(
+        process.execPath,
+        ['--conditions=longrun-source', '--import', 'tsx', 'examples/azure/main.ts'],
+        { cwd: new URL('..', import.meta.url), env: { ...process.env, LONGRUN_URL: base }, timeout: 20_000 },
+      )
+      expect(stdout).toContain('status: running')
+      expect(stdout).toMatch(/result: \{\s+customer: 'ACME',\s+url: '\/files\/.+\.pdf'\s+\}/)
     } finally {
       await app.close()
     }

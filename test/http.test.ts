@@ -18,7 +18,10 @@ import {
   ISO_UTC,
   listen,
   POSITIVE_INTEGER,
+  rawRequest,
+  sortedList,
   tempDir,
+  withoutInstance,
   type HttpResponse,
   type Json,
 } from './helpers/http.js'
@@ -893,8 +896,7 @@ describe('operations API over HTTP, SQLite store', () => {
       for (const id of ['01900000-0000-7000-8000-000000000000', 'no-such-operation']) {
         for (const [method, path] of routes(id)) {
           const res = await h.client.request(method, path)
-          expectProblem(res, 404, 'operation-not-found')
-          bodies.add(res.text)
+          bodies.add(withoutInstance(expectProblem(res, 404, 'operation-not-found'), path))
         }
       }
       expect(bodies.size).toBe(1)
@@ -912,8 +914,11 @@ describe('operations API over HTTP, SQLite store', () => {
       ['a quote', '%22bad%22'],
     ])('answers a malformed id (%s) with the very 404 of an unknown id', async (_what, id) => {
       const h = await start('sqlite')
-      const unknown = await h.client.get('/operations/01900000-0000-7000-8000-000000000000')
-      expectProblem(unknown, 404, 'operation-not-found')
+      const unknownPath = '/operations/01900000-0000-7000-8000-000000000000'
+      const unknown = withoutInstance(
+        expectProblem(await h.client.get(unknownPath), 404, 'operation-not-found'),
+        unknownPath,
+      )
       for (const [method, path] of [
         ['GET', `/operations/${id}`],
         ['GET', `/operations/${id}/result`],
@@ -923,8 +928,7 @@ describe('operations API over HTTP, SQLite store', () => {
         ['DELETE', `/operations/${id}`],
       ] as const) {
         const res = await h.client.request(method, path)
-        expectProblem(res, 404, 'operation-not-found')
-        expect(res.text).toBe(unknown.text)
+        expect(withoutInstance(expectProblem(res, 404, 'operation-not-found'), path)).toBe(unknown)
       }
       expect((await h.client.stats()).total).toBe(0)
     })
@@ -932,17 +936,45 @@ describe('operations API over HTTP, SQLite store', () => {
     it.each([
       ['GET', '/operations/some-id/nope'],
       ['GET', '/operations/some-id/result/extra'],
-      ['POST', '/operations/some-id'],
       ['POST', '/operations/some-id/status'],
-      ['PUT', '/operations/some-id'],
-      ['PATCH', '/operations/some-id/cancel'],
-      ['DELETE', '/operations/some-id/result'],
       ['GET', `/operations/${'c'.repeat(300)}/nope`],
     ])('answers %s %s with a 404 route-not-found problem', async (method, path) => {
       const h = await start('sqlite')
       const problem = expectProblem(await h.client.request(method, path), 404, 'route-not-found')
       expect(problem.detail).toContain(method)
+      expect(problem.instance).toBe(path)
       expect((await h.client.stats()).total).toBe(0)
+    })
+
+    it.each([
+      ['POST', '/operations/some-id', 'DELETE, GET, HEAD, OPTIONS'],
+      ['PUT', '/operations/some-id', 'DELETE, GET, HEAD, OPTIONS'],
+      ['PATCH', '/operations/some-id/cancel', 'OPTIONS, POST'],
+      ['GET', '/operations/some-id/cancel', 'OPTIONS, POST'],
+      ['HEAD', '/operations/some-id/retry', 'OPTIONS, POST'],
+      ['DELETE', '/operations/some-id/result', 'GET, HEAD, OPTIONS'],
+      ['GET', `/operations/${'c'.repeat(300)}/cancel`, 'OPTIONS, POST'],
+      ['PUT', '/operations', 'GET, HEAD, OPTIONS'],
+      ['PUT', '/operations/stats', 'DELETE, GET, HEAD, OPTIONS'],
+      ['PATCH', '/operations/retry', 'DELETE, GET, HEAD, OPTIONS, POST'],
+      ['PURGE', '/operations/some-id', 'DELETE, GET, HEAD, OPTIONS'],
+    ])('answers %s %s with 405 method-not-allowed and Allow', async (method, path, allow) => {
+      const h = await start('sqlite')
+      const res = await rawRequest(h.client.base, method, path)
+      expect([res.status, sortedList(res.headers.allow)]).toEqual([405, allow])
+      if (method !== 'HEAD') {
+        expect(res.headers['content-type']).toMatch(/^application\/problem\+json/)
+        expect(JSON.parse(res.body)).toMatchObject({ code: 'method-not-allowed', status: 405, instance: path })
+      }
+      expect((await h.client.stats()).total).toBe(0)
+    })
+
+    it('answers a plain OPTIONS on an operations URL with 204 and Allow, and on other URLs 404', async () => {
+      const h = await start('sqlite')
+      const res = await rawRequest(h.client.base, 'OPTIONS', '/operations/some-id/result')
+      expect([res.status, sortedList(res.headers.allow)]).toEqual([204, 'GET, HEAD, OPTIONS'])
+      const unknown = await rawRequest(h.client.base, 'OPTIONS', '/operations/some-id/nope')
+      expect([unknown.status, JSON.parse(unknown.body).code]).toEqual([404, 'route-not-found'])
     })
 
     it('refuses to cancel a finished operation or retry a running one, changing nothing', async () => {

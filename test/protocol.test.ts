@@ -4,10 +4,10 @@ import { Engine } from '../src/core/engine.js'
 import { LongrunError } from '../src/core/errors.js'
 import { longrun } from '../src/http/adapters/fastify/index.js'
 import { resolveProtocolOptions } from '../src/http/options.js'
-import { routeNotFound, toProblem } from '../src/http/problem.js'
+import { methodNotAllowed, routeNotFound, toProblem, withInstance } from '../src/http/problem.js'
 import { OperationsProtocol, type HttpReply } from '../src/http/protocol.js'
 import type { AnyAsyncRoute } from '../src/http/route.js'
-import { matchOperationRoute } from '../src/http/routes.js'
+import { allowedMethods, matchOperationRoute } from '../src/http/routes.js'
 import { assertJsonBody } from '../src/http/submit.js'
 import { memoryStore } from '../src/stores/memory/index.js'
 import { until } from './helpers/until.js'
@@ -69,13 +69,17 @@ async function neutral(): Promise<Subject> {
         }
         const { basePath } = protocol.options
         const match = path.startsWith(basePath) ? matchOperationRoute(method, path.slice(basePath.length)) : undefined
-        if (!match) return { status: 404, headers: {}, body: routeNotFound(method, path) }
+        if (!match) {
+          const allowed = path.startsWith(basePath) ? allowedMethods(path.slice(basePath.length)) : []
+          if (allowed.length > 0) throw methodNotAllowed(method, [...allowed, 'OPTIONS'])
+          return { status: 404, headers: {}, body: routeNotFound(method, path) }
+        }
         const query = Object.fromEntries(new URLSearchParams(search))
         return parsed(
           await match.route.answer(protocol, access, { id: match.id, query, body, headers, ip: '127.0.0.1' }),
         )
       } catch (err) {
-        const problem = toProblem(err)
+        const problem = withInstance(toProblem(err), path)
         return { status: problem.status, headers: err instanceof LongrunError ? err.headers : {}, body: problem }
       }
     },
@@ -166,11 +170,15 @@ describe.each([
       ['GET', '/operations?state=lost', 400, 'invalid-query'],
       ['GET', '/operations?cursor=forged', 400, 'invalid-query'],
       ['GET', '/operations/x/unknown-action', 404, 'route-not-found'],
+      ['GET', '/operations/x/cancel', 405, 'method-not-allowed'],
+      ['PUT', '/operations/x', 405, 'method-not-allowed'],
     ]
     for (const [method, url, status, code] of cases) {
       const answer = await subject.send(method, url)
-      expect([url, answer.status, (answer.body as { code: string }).code]).toEqual([url, status, code])
+      const body = answer.body as { code: string; instance: string }
+      expect([url, answer.status, body.code, body.instance]).toEqual([url, status, code, url.split('?')[0]])
     }
+    expect((await subject.send('GET', '/operations/x/cancel')).headers.allow).toBe('POST, OPTIONS')
     const text = await subject.send('POST', '/reports', 'hello', { 'content-type': 'text/plain' })
     expect([text.status, (text.body as { code: string }).code]).toEqual([415, 'unsupported-media-type'])
     subject.release()

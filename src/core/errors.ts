@@ -33,6 +33,7 @@ export const ERRORS = {
   'bad-url': { status: 400, title: 'Bad URL' },
   'bad-request': { status: 400, title: 'Bad request' },
   'route-not-found': { status: 404, title: 'Not found' },
+  'method-not-allowed': { status: 405, title: 'Method not allowed' },
   'not-acceptable': { status: 406, title: 'Not acceptable' },
   'invalid-idempotency-key': { status: 400, title: 'Invalid idempotency key' },
   'idempotency-key-required': { status: 400, title: 'Idempotency key required' },

@@ -10,7 +10,19 @@ import { headerOf, type RequestHead } from './request.js'
  * Finds out who sent a request: a principal, or `undefined` when the request carries no
  * credentials. Credentials that are present but wrong should throw `unauthorized(...)`.
  */
-export type Authenticate = (request: RequestHead) => Principal | undefined | Promise<Principal | undefined>
+export type Authenticate = ((request: RequestHead) => Principal | undefined | Promise<Principal | undefined>) & {
+  /**
+   * The request headers it reads the credentials from: answers say `Vary` on them, so that no cache
+   * gives one caller's answer to another. @default ['authorization', 'cookie']
+   */
+  readonly headers?: readonly string[]
+}
+
+/** The headers the answers depend on through `authenticate`; none for anonymous callers. */
+export function credentialHeaders(authenticate: Authenticate | undefined): readonly string[] {
+  if (!authenticate) return []
+  return authenticate.headers ?? ['authorization', 'cookie']
+}
 
 /** A 401 problem; `challenge` becomes the `WWW-Authenticate` header. */
 export function unauthorized(detail: string, challenge = 'Bearer realm="longrun"'): LongrunError {
@@ -63,7 +75,7 @@ export function jwtAuth(options: JwtAuthOptions): Authenticate {
     verify = async (token) => (await jwtVerify(token, keys, verifyOptions)).payload
   }
   const challenge = (error: string) => `Bearer realm="longrun", error="${error}"`
-  return async (request) => {
+  const authenticate: Authenticate = async (request) => {
     const header = headerOf(request, 'authorization')
     if (header === undefined) return undefined
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header)
@@ -85,6 +97,7 @@ export function jwtAuth(options: JwtAuthOptions): Authenticate {
       ...(scopes ? { scopes } : {}),
     }
   }
+  return Object.assign(authenticate, { headers: ['authorization'] })
 }
 
 export interface ApiKeyAuthOptions {
@@ -99,13 +112,14 @@ export function apiKeyAuth(options: ApiKeyAuthOptions): Authenticate {
   const header = (options.header ?? 'x-api-key').toLowerCase()
   // Looked up by hash, so that the comparison time says nothing about how much of a key matched.
   const byHash = new Map(Object.entries(options.keys).map(([key, principal]) => [sha256(key), principal]))
-  return (request) => {
+  const authenticate: Authenticate = (request) => {
     const key = request.headers[header]
     if (key === undefined) return undefined
     const principal = typeof key === 'string' ? byHash.get(sha256(key)) : undefined
     if (!principal) throw unauthorized(`The ${header} header holds no known key.`, `ApiKey header="${header}"`)
     return principal
   }
+  return Object.assign(authenticate, { headers: [header] })
 }
 
 export interface SessionAuthOptions {
@@ -126,13 +140,14 @@ export interface SessionAuthOptions {
  */
 export function sessionAuth(options: SessionAuthOptions = {}): Authenticate {
   const header = (options.header ?? 'x-session-key').toLowerCase()
-  return (request) => {
+  const authenticate: Authenticate = (request) => {
     const fromHeader = headerOf(request, header)
     const key = typeof fromHeader === 'string' && fromHeader !== '' ? fromHeader : cookie(request, options.cookie)
     if (key !== undefined) return { id: `session:${sha256(key).slice(0, 22)}` }
     if (options.fallbackToIp ?? true) return { id: `ip:${sha256(request.ip).slice(0, 22)}` }
     return undefined
   }
+  return Object.assign(authenticate, { headers: options.cookie === undefined ? [header] : [header, 'cookie'] })
 }
 
 /** The decoded value of cookie `name` (the first, if sent twice); `undefined` when absent or empty. */
@@ -151,11 +166,12 @@ function cookie(request: RequestHead, name: string | undefined): string | undefi
 
 /** The first of `authenticators` that finds a principal. */
 export function anyOf(...authenticators: Authenticate[]): Authenticate {
-  return async (request) => {
+  const first: Authenticate = async (request) => {
     for (const authenticate of authenticators) {
       const principal = await authenticate(request)
       if (principal) return principal
     }
     return undefined
   }
+  return Object.assign(first, { headers: [...new Set(authenticators.flatMap((a) => credentialHeaders(a)))] })
 }

@@ -9,6 +9,8 @@ export interface Problem {
   title: string
   status: number
   detail?: string
+  /** The request's path: which request this answers. */
+  instance?: string
   code: ErrorCode
   [extension: string]: unknown
 }
@@ -41,4 +43,19 @@ export function toProblem(err: unknown, log?: Logger): Problem {
   return problem('internal-error', 'The server failed to handle the request.')
 }
 
-export const routeNotFound = (method: string, path: string) => problem('route-not-found', `No route ${method} ${path}.`)
+/** The problem with `instance`, the path of the request it answers, after its `detail` (RFC 9457). */
+export function withInstance(
+  { type, title, status, detail, instance: _, code, ...extra }: Problem,
+  path: string,
+): Problem {
+  return { type, title, status, ...(detail === undefined ? {} : { detail }), instance: path, code, ...extra }
+}
+
+export const routeNotFound = (method: string, path: string) =>
+  withInstance(problem('route-not-found', `No route ${method} ${path}.`), path)
+
+/** `405` for a path the API serves with other methods; `Allow` lists them. */
+export const methodNotAllowed = (method: string, allowed: readonly string[]) =>
+  new LongrunError('method-not-allowed', `This URL answers ${allowed.join(', ')}, not ${method}.`, {
+    headers: { allow: allowed.join(', ') },
+  })

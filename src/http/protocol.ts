@@ -3,8 +3,9 @@ import type { Engine } from '../core/engine.js'
 import { LongrunError } from '../core/errors.js'
 import { isTerminal, OPERATION_STATES, type OperationState } from '../core/operation.js'
 import type { Principal } from '../core/permissions.js'
-import type { Operation } from '../core/types.js'
-import { unauthorized } from './auth.js'
+import type { HistoryEntry, Operation } from '../core/types.js'
+import { credentialHeaders, unauthorized } from './auth.js'
+import { entityTag, httpDate, mergeVary, noneMatch, OWNER_SCOPED } from './caching.js'
 import { negotiate, serialize } from './formats.js'
 import type { ResolvedProtocolOptions } from './options.js'
 import { headerOf, type RequestHead } from './request.js'
@@ -29,6 +30,8 @@ export interface LiveRequest {
   ip: string
   /** Aborts when the client goes away before its answer. */
   signal?: AbortSignal
+  /** A `HEAD` request: a stream answers its headers without opening. */
+  head?: boolean
 }
 
 const JSON_TYPE = 'application/json; charset=utf-8'
@@ -47,10 +50,13 @@ export class OperationsProtocol {
   readonly #submitter: Submitter
   readonly #routes = new Map<string, ResolvedAsyncRoute>()
   readonly #realtime: Realtime
+  /** The request headers every answer depends on besides its URL: the caller's credentials. */
+  readonly #vary: readonly string[]
 
   constructor(engine: Engine, options: ResolvedProtocolOptions) {
     this.engine = engine
     this.options = options
+    this.#vary = credentialHeaders(options.authenticate)
     this.#submitter = new Submitter(engine, options)
     this.#realtime = new Realtime(options, engine.pollMs, (group) =>
       [...this.#routes.values()].filter((route) => route.sseGroup === group).map((route) => route.name),
@@ -139,13 +145,18 @@ export class OperationsProtocol {
     )
   }
 
-  /** 202 for a just-accepted (or re-queued) operation. */
+  /**
+   * 202 for a just-accepted (or re-queued) operation. `Operation-Location` (the same URL as
+   * `Location`) makes Azure's pollers read the status from the body rather than from the status code.
+   */
   accepted(op: Operation, headers: Record<string, string> = {}): HttpReply {
+    const location = operationUrl(this.options.basePath, op.id)
     return {
       status: 202,
       headers: {
         'content-type': JSON_TYPE,
-        location: operationUrl(this.options.basePath, op.id),
+        location,
+        'operation-location': location,
         'retry-after': String(this.options.retryAfterSeconds),
         ...headers,
       },
@@ -157,9 +168,22 @@ export class OperationsProtocol {
   async status(access: OperationAccess, id: string, request?: LiveRequest): Promise<HttpReply> {
     const waitMs = request && this.#realtime.waitMs(preferences(request).get('wait'))
     if (request && waitMs) await this.#wait(access, id, waitMs, request)
+    return this.#status(access, id, request, request ? { vary: 'Prefer' } : {})
+  }
+
+  async #status(
+    access: OperationAccess,
+    id: string,
+    request: Pick<LiveRequest, 'headers'> | undefined,
+    vary: { vary?: string },
+  ): Promise<HttpReply> {
     const { op, history } = await access.details(id)
-    const headers = { ...this.#headers(op), ...(request ? { vary: 'Prefer' } : {}) }
-    return { status: 200, headers, body: toDetailedResource(op, history, this.options) }
+    const body = JSON.stringify(toDetailedResource(op, history, this.options))
+    return this.#validated(
+      { status: 200, headers: { ...this.#headers(op), ...vary }, body },
+      request,
+      lastChange(op, history),
+    )
   }
 
   /** `GET {base}/{id}/wait?timeout=N`: the operation once it is done, or as it is after N seconds (Google's WaitOperation). */
@@ -168,7 +192,7 @@ export class OperationsProtocol {
     if (timeout !== undefined && typeof timeout !== 'string') throw invalidQuery('timeout', 'must be given once')
     const waitMs = this.#realtime.waitMs(timeout, 'timeout') ?? Math.min(30_000, this.options.maxWaitMs)
     await this.#wait(access, id, waitMs, request)
-    return this.status(access, id)
+    return this.#status(access, id, request, {})
   }
 
   #wait(access: OperationAccess, id: string, waitMs: number, request: LiveRequest): Promise<Operation> {
@@ -186,12 +210,17 @@ export class OperationsProtocol {
     return this.#realtime.feedStream({ access, caller: callerKey(access, request.ip), ...request })
   }
 
-  async result(access: OperationAccess, id: string, accept: string | undefined): Promise<HttpReply> {
-    return this.#outcome(await access.get(id), accept)
+  async result(access: OperationAccess, id: string, request: Pick<LiveRequest, 'headers'>): Promise<HttpReply> {
+    const op = await access.get(id)
+    return this.#validated(this.#outcome(op, headerOf(request, 'accept')), request, op.completedAt)
   }
 
   /** The result of a succeeded operation, else the problem that says why there is none. */
-  #outcome(op: Operation, accept: string | undefined, headers: Record<string, string> = {}): HttpReply {
+  #outcome(
+    op: Operation,
+    accept: string | undefined,
+    headers: Record<string, string> = {},
+  ): HttpReply & { body: string } {
     if (op.state === 'succeeded') {
       const type = negotiate(accept, this.#routes.get(op.name)?.resultTypes ?? ['application/json'])
       return {
@@ -215,16 +244,22 @@ export class OperationsProtocol {
     )
   }
 
-  async error(access: OperationAccess, id: string): Promise<HttpReply> {
+  async error(access: OperationAccess, id: string, request: Pick<LiveRequest, 'headers'>): Promise<HttpReply> {
     const op = await access.get(id)
     if (op.state !== 'failed' || !op.error) {
       throw new LongrunError('no-error', `The operation is '${op.state}', not failed.`, { extra: { state: op.state } })
     }
-    return {
-      status: 200,
-      headers: { 'content-type': JSON_TYPE },
-      body: { id: op.id, state: op.state, attempt: op.attempt, error: publicError(op.error, this.options.exposeStack) },
+    const body = {
+      id: op.id,
+      state: op.state,
+      attempt: op.attempt,
+      error: publicError(op.error, this.options.exposeStack),
     }
+    return this.#validated(
+      { status: 200, headers: { 'content-type': JSON_TYPE }, body: JSON.stringify(body) },
+      request,
+      op.completedAt,
+    )
   }
 
   async cancel(access: OperationAccess, id: string): Promise<HttpReply> {
@@ -240,7 +275,8 @@ export class OperationsProtocol {
     return { status: 204, headers: {} }
   }
 
-  async list(access: OperationAccess, query: Record<string, unknown>): Promise<HttpReply> {
+  async list(access: OperationAccess, request: Pick<LiveRequest, 'headers' | 'query'>): Promise<HttpReply> {
+    const { query } = request
     const states = parseStates(query.state)
     const name = single(query.name, 'name')
     const cursorText = single(query.cursor, 'cursor')
@@ -258,14 +294,11 @@ export class OperationsProtocol {
       ...(cursor !== undefined ? { cursor } : {}),
       limit,
     })
-    return {
-      status: 200,
-      headers: { 'content-type': JSON_TYPE },
-      body: {
-        items: page.items.map((op) => toResource(op, this.options)),
-        nextCursor: page.nextCursor === undefined ? null : encodeCursor(page.nextCursor),
-      },
+    const body = {
+      items: page.items.map((op) => toResource(op, this.options)),
+      nextCursor: page.nextCursor === undefined ? null : encodeCursor(page.nextCursor),
     }
+    return this.#validated({ status: 200, headers: { 'content-type': JSON_TYPE }, body: JSON.stringify(body) }, request)
   }
 
   /** Retries failed (or canceled) operations in bulk: `{ state?, name?, limit? }` in the body. */
@@ -289,8 +322,32 @@ export class OperationsProtocol {
     return { status: 200, headers: { 'content-type': JSON_TYPE }, body: { retried: ids.length, ids } }
   }
 
-  async stats(access: OperationAccess): Promise<HttpReply> {
-    return { status: 200, headers: { 'content-type': JSON_TYPE }, body: await access.stats() }
+  async stats(access: OperationAccess, request: Pick<LiveRequest, 'headers'>): Promise<HttpReply> {
+    const body = JSON.stringify(await access.stats())
+    return this.#validated({ status: 200, headers: { 'content-type': JSON_TYPE }, body }, request)
+  }
+
+  /**
+   * An owner-scoped read with its validators, or `304` without a body when `If-None-Match` matches
+   * (keeping `Retry-After`, so that a client polling cheaply still knows how often to ask).
+   */
+  #validated(
+    reply: HttpReply & { body: string },
+    request: Pick<LiveRequest, 'headers'> | undefined,
+    lastModified?: number,
+  ): HttpReply {
+    const etag = entityTag(reply.headers['content-type']!, reply.body)
+    const headers: Record<string, string> = {
+      ...reply.headers,
+      etag,
+      ...(lastModified === undefined ? {} : { 'last-modified': httpDate(lastModified) }),
+      'cache-control': OWNER_SCOPED,
+    }
+    const vary = mergeVary(reply.headers.vary, ...this.#vary)
+    if (vary !== '') headers.vary = vary
+    if (!noneMatch(request?.headers['if-none-match'], etag)) return { ...reply, headers }
+    const { 'content-type': _type, ...kept } = headers
+    return { status: 304, headers: kept }
   }
 
   #resource(op: Operation): HttpReply {
@@ -304,7 +361,9 @@ export class OperationsProtocol {
   }
 }
 
-const mergeVary = (first: string | undefined, second: string) => (first ? `${first}, ${second}` : second)
+/** When anything shown of the operation last changed, for `Last-Modified`. */
+const lastChange = (op: Operation, history: HistoryEntry[]) =>
+  Math.max(op.createdAt, op.startedAt ?? 0, op.completedAt ?? 0, ...history.map((entry) => entry.at))
 
 const invalidFilter = (field: string, why: string) =>
   new LongrunError('invalid-body', `Field '${field}' ${why}.`, { extra: { field } })

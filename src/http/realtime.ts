@@ -31,6 +31,8 @@ export interface StreamRequest {
   query: Record<string, unknown>
   /** Aborts when the client goes away: the stream ends and frees its slot. */
   signal?: AbortSignal
+  /** A `HEAD` request: the stream's headers, without opening it. */
+  head?: boolean
 }
 
 /**
@@ -143,6 +145,7 @@ export class Realtime {
   }
 
   #stream(request: StreamRequest, messages: (signal: AbortSignal) => AsyncIterable<SseMessage>) {
+    if (request.head) return { status: 200, headers: { ...SSE_HEADERS } }
     const release = this.slot(request.caller, false)!
     const controller = new AbortController()
     const stop = eitherSignal(this.#shutdown.signal, controller.signal)

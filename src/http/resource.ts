@@ -7,6 +7,8 @@ export interface OperationResource {
   id: string
   name: string
   state: Operation['state']
+  /** `state` in the words of Azure's async request-reply pattern, which its pollers read. */
+  status: AzureStatus
   done: boolean
   owner: string | null
   progress: Operation['progress']
@@ -20,7 +22,10 @@ export interface OperationResource {
   cancelable: boolean
   cancelRequested: boolean
   result?: unknown
-  error?: OperationError
+  /** Once succeeded: where the result is, the URL Azure's pollers fetch last. */
+  resourceLocation?: string
+  /** With `message` (its `detail`, else its `title`), which Azure's pollers show. */
+  error?: OperationError & { message: string }
   links: { self: string; result: string; error: string; cancel: string }
   /** Only on the single-operation view. */
   attempts?: {
@@ -33,6 +38,16 @@ export interface OperationResource {
   }[]
   /** Only on the single-operation view: who did what, oldest first. */
   history?: (Omit<HistoryEntry, 'at' | 'seq' | 'progress'> & { at: string })[]
+}
+
+export type AzureStatus = 'NotStarted' | 'Running' | 'Succeeded' | 'Failed' | 'Canceled'
+
+const AZURE_STATUS: Record<Operation['state'], AzureStatus> = {
+  queued: 'NotStarted',
+  running: 'Running',
+  succeeded: 'Succeeded',
+  failed: 'Failed',
+  canceled: 'Canceled',
 }
 
 export interface ResourceOptions {
@@ -58,6 +73,7 @@ export function toResource(op: Operation, options: ResourceOptions): OperationRe
     id: op.id,
     name: op.name,
     state: op.state,
+    status: AZURE_STATUS[op.state],
     done: isTerminal(op.state),
     owner: op.owner,
     progress: op.progress,
@@ -78,8 +94,13 @@ export function toResource(op: Operation, options: ResourceOptions): OperationRe
   }
   // A queued operation that already ran once is waiting for its next attempt.
   if (op.state === 'queued' && op.attempt > 0) resource.nextAttemptAt = iso(op.runAt)!
-  if (op.state === 'succeeded') resource.result = op.result
-  if (op.error && op.state !== 'succeeded') resource.error = publicError(op.error, options.exposeStack)
+  if (op.state === 'succeeded') {
+    resource.result = op.result
+    resource.resourceLocation = resource.links.result
+  }
+  if (op.error && op.state !== 'succeeded') {
+    resource.error = { ...publicError(op.error, options.exposeStack), message: op.error.detail ?? op.error.title }
+  }
   return resource
 }
 

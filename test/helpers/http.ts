@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync } from 'node:fs'
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
@@ -160,4 +161,48 @@ export function expectJson(res: HttpResponse, status: number): Json {
   expect(res.status, res.text).toBe(status)
   expect(res.headers.get('content-type')).toMatch(/^application\/json(;|$)/)
   return res.body
+}
+
+export interface RawResponse {
+  status: number
+  headers: IncomingHttpHeaders
+  body: string
+}
+
+/** One request over a socket with node:http, which sends any method and header as given (fetch refuses some). */
+export function rawRequest(
+  base: string,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(new URL(path, base), { method, headers, agent: false }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => (body += chunk))
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+/** A comma-separated header's names, sorted: their order carries no meaning. */
+export function sortedList(value: string | string[] | undefined): string {
+  return [value ?? []]
+    .flat()
+    .flatMap((v) => v.split(','))
+    .map((name) => name.trim())
+    .filter(Boolean)
+    .sort()
+    .join(', ')
+}
+
+/** A problem's text without its `instance`, after checking that `instance` is the request's path. */
+export function withoutInstance(problem: Json, path: string): string {
+  const { instance, ...rest } = problem as { instance?: string }
+  expect(instance).toBe(path)
+  return JSON.stringify(rest)
 }

@@ -1,7 +1,17 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { LongrunError } from '../../../core/errors.js'
 import type { Logger } from '../../../core/logger.js'
-import { PROBLEM_CONTENT_TYPE, problem, routeNotFound, toProblem, type Problem } from '../../problem.js'
+import { mergeVary } from '../../caching.js'
+import {
+  methodNotAllowed,
+  PROBLEM_CONTENT_TYPE,
+  problem,
+  routeNotFound,
+  toProblem,
+  withInstance,
+  type Problem,
+} from '../../problem.js'
+import { allowedMethods } from '../../routes.js'
 
 interface ValidationIssue {
   instancePath?: string
@@ -60,6 +70,20 @@ export function fastifyProblem(err: unknown, log: Logger): Problem {
   return frameworkProblem(err) ?? toProblem(err, log)
 }
 
+/** The request's path, without its query string. */
+export const pathOf = (request: FastifyRequest) => request.url.split('?')[0]!
+
+/** Sets `headers` on the reply; a `Vary` is added to the one already set (e.g. `Origin` by CORS). */
+export function copyHeaders(reply: FastifyReply, headers: Record<string, string>): FastifyReply {
+  const { vary, ...rest } = headers
+  reply.headers(rest)
+  if (vary !== undefined) {
+    const current = reply.getHeader('vary')
+    reply.header('vary', mergeVary(current === undefined ? undefined : [current].flat().join(', '), vary))
+  }
+  return reply
+}
+
 /** Answers any error as `application/problem+json`; usable as an app-wide error handler. */
 export function problemErrorHandler(
   this: FastifyInstance,
@@ -67,8 +91,8 @@ export function problemErrorHandler(
   request: FastifyRequest,
   reply: FastifyReply,
 ) {
-  const body = fastifyProblem(err, request.log)
-  if (err instanceof LongrunError) reply.headers(err.headers)
+  const body = withInstance(fastifyProblem(err, request.log), pathOf(request))
+  if (err instanceof LongrunError) copyHeaders(reply, err.headers)
   if (typeof body.retryAfter === 'number') reply.header('retry-after', String(body.retryAfter))
   return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
 }
@@ -78,12 +102,31 @@ export function problemErrorHandler(
  * Fastify takes it only at construction: `Fastify({ frameworkErrors: problemFrameworkErrors })`.
  */
 export function problemFrameworkErrors(err: FastifyError, request: FastifyRequest, reply: FastifyReply) {
-  const body = fastifyProblem(err, request.log)
+  const body = withInstance(fastifyProblem(err, request.log), pathOf(request))
   return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
 }
 
 /** Answers unknown routes as an `application/problem+json` 404; usable as an app-wide not-found handler. */
 export function problemNotFoundHandler(request: FastifyRequest, reply: FastifyReply) {
-  const body = routeNotFound(request.method, request.url.split('?')[0]!)
+  const body = routeNotFound(request.method, pathOf(request))
   return reply.code(404).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
+}
+
+/**
+ * The operations API's not-found handler: a URL it serves with other methods answers `405` with
+ * `Allow` (a plain `OPTIONS`: `204` with `Allow`), any other `404 route-not-found`.
+ */
+export function operationsNotFound(basePath: string) {
+  return (request: FastifyRequest, reply: FastifyReply) => {
+    const methods = allowedMethods(pathOf(request).slice(basePath.length))
+    if (methods.length === 0) return problemNotFoundHandler(request, reply)
+    const allowed = [...methods, 'OPTIONS']
+    if (request.method === 'OPTIONS') return reply.code(204).header('allow', allowed.join(', ')).send()
+    return problemErrorHandler.call(
+      request.server,
+      methodNotAllowed(request.method, allowed) as FastifyError,
+      request,
+      reply,
+    )
+  }
 }

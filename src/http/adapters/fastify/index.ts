@@ -16,12 +16,20 @@ import type { EngineOptions } from '../../../core/options.js'
 import { resolveProtocolOptions, type ProtocolOptions } from '../../options.js'
 import { OperationsProtocol, type HttpReply } from '../../protocol.js'
 import type { AsyncRouteOptions, AsyncRouteSchema } from '../../route.js'
-import { matchOperationRoute, OPERATION_ROUTES, type OperationRoute } from '../../routes.js'
+import { allowedMethods, matchOperationRoute, OPERATION_ROUTES, type OperationRoute } from '../../routes.js'
 import { assertJsonBody } from '../../submit.js'
-import { problemErrorHandler, problemNotFoundHandler } from './errors.js'
+import { addCors, type LongrunCorsOptions, type MethodsOf } from './cors.js'
+import { copyHeaders, operationsNotFound, pathOf, problemErrorHandler } from './errors.js'
 import { validatorCompiler } from './validation.js'
 
-export interface LongrunPluginOptions extends ProtocolOptions, Omit<EngineOptions, 'logger'> {}
+export interface LongrunPluginOptions extends ProtocolOptions, Omit<EngineOptions, 'logger'> {
+  /**
+   * Serve browsers on other origins: the operations API and every async route answer CORS
+   * preflights and expose the headers clients read (`Location`, `Retry-After`, `ETag`...).
+   * `true` allows any origin. @default false
+   */
+  cors?: boolean | LongrunCorsOptions
+}
 
 export interface Longrun {
   readonly engine: Engine
@@ -36,7 +44,7 @@ declare module 'fastify' {
 }
 
 function send(reply: FastifyReply, answer: HttpReply): FastifyReply {
-  reply.code(answer.status).headers(answer.headers)
+  copyHeaders(reply.code(answer.status), answer.headers)
   if (answer.body === undefined) return reply.send()
   if (answer.body instanceof Readable) {
     // An event stream ends at shutdown: its HTTP/1.1 connection must not then sit idle and keep the
@@ -69,6 +77,7 @@ const jsonBodiesOnly: preParsingAsyncHookHandler = async (request) => assertJson
 
 async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Promise<void> {
   const opts = resolveProtocolOptions(options)
+  const cors = options.cors === true ? {} : options.cors || undefined
   const engine = new Engine({ ...options, logger: app.log })
   const protocol = new OperationsProtocol(engine, opts)
 
@@ -117,31 +126,44 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
     engine,
     route(options) {
       const route = protocol.addRoute(options)
-      app.route({
-        method: route.method as HTTPMethods,
-        url: route.url,
-        schema: route.schema,
-        bodyLimit: route.bodyLimit ?? opts.bodyLimit,
-        preParsing: [...limited, jsonBodiesOnly],
-        validatorCompiler,
-        onRequest: authenticate,
-        errorHandler: problemErrorHandler,
-        handler: async (request, reply) =>
-          send(
-            reply,
-            await protocol.submit(accessOf(request), route, {
-              method: request.method,
-              path: request.url.split('?')[0]!,
-              body: request.body,
-              params: (request.params ?? {}) as Record<string, string>,
-              query: (request.query ?? {}) as Record<string, unknown>,
-              headers: request.headers,
-              headerValues: valuesOf(request),
-              ip: request.ip,
-              signal: disconnected(reply),
-            }),
-          ),
-      })
+      const serve = (scope: FastifyInstance, url: string) =>
+        scope.route({
+          method: route.method as HTTPMethods,
+          url,
+          schema: route.schema,
+          bodyLimit: route.bodyLimit ?? opts.bodyLimit,
+          preParsing: [...limited, jsonBodiesOnly],
+          validatorCompiler,
+          onRequest: authenticate,
+          errorHandler: problemErrorHandler,
+          handler: async (request, reply) =>
+            send(
+              reply,
+              await protocol.submit(accessOf(request), route, {
+                method: request.method,
+                path: request.url.split('?')[0]!,
+                body: request.body,
+                params: (request.params ?? {}) as Record<string, string>,
+                query: (request.query ?? {}) as Record<string, unknown>,
+                headers: request.headers,
+                headerValues: valuesOf(request),
+                ip: request.ip,
+                signal: disconnected(reply),
+              }),
+            ),
+        })
+      if (!cors) return void serve(app, route.url)
+      // CORS needs a context of its own: @fastify/cors adds hooks, and a preflight route `<prefix>*`
+      // that also catches longer URLs (the rest in its `*` parameter), which are not this route's.
+      const methods: MethodsOf = (request) =>
+        (request.params as { '*'?: string })['*'] ? [] : route.method === 'GET' ? ['GET', 'HEAD'] : [route.method]
+      app.register(
+        async (scope) => {
+          await addCors(scope, cors, methods)
+          serve(scope, '')
+        },
+        { prefix: route.url },
+      )
     },
   } satisfies Longrun)
 
@@ -154,13 +176,17 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
         headers: request.headers,
         ip: request.ip,
         signal: disconnected(reply),
+        head: request.method === 'HEAD',
       })
       .then((answer) => send(reply, answer))
 
+  const notFound = operationsNotFound(opts.basePath)
   await app.register(
     async (api) => {
       api.setErrorHandler(problemErrorHandler)
-      api.setNotFoundHandler(problemNotFoundHandler)
+      api.setNotFoundHandler(notFound)
+      // Before authentication: a preflight carries no credentials.
+      if (cors) await addCors(api, cors, (request) => allowedMethods(pathOf(request).slice(opts.basePath.length)))
       // Every route of this context, present and future, authenticates before anything else.
       api.addHook('onRequest', authenticate)
       for (const route of OPERATION_ROUTES) {
@@ -180,8 +206,10 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
         bodyLimit: opts.bodyLimit,
         preParsing: limited,
         handler: (request, reply) => {
-          const match = matchOperationRoute(request.method, `/${request.params['*']}`)
-          if (!match || match.id === '') return problemNotFoundHandler(request, reply)
+          // Fastify serves HEAD with the GET handler: match it as GET.
+          const method = request.method === 'HEAD' ? 'GET' : request.method
+          const match = matchOperationRoute(method, `/${request.params['*']}`)
+          if (!match || match.id === '') return notFound(request, reply)
           return answer(match.route, match.id, request, reply)
         },
       })
@@ -205,6 +233,8 @@ export const longrun = fp(plugin, { fastify: '5.x', name: 'longrun' })
 export { problemErrorHandler, problemFrameworkErrors, problemNotFoundHandler } from './errors.js'
 export { defineAsyncRoute, type AnyAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema } from '../../route.js'
 export type { ProtocolOptions } from '../../options.js'
+export type { LongrunCorsOptions } from './cors.js'
+export { EXPOSED_HEADERS } from '../../routes.js'
 export type { ResultType } from '../../formats.js'
 export type { OperationResource } from '../../resource.js'
 export type { Problem } from '../../problem.js'
