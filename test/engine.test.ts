@@ -1017,7 +1017,7 @@ describe('resolveDefinition', () => {
     ['a missing handler', { name: 'job', handler: undefined as unknown as () => void }],
     ['zero concurrency', { name: 'job', handler, concurrency: 0 }],
     ['a zero timeout', { name: 'job', handler, timeout: 0 }],
-    ['a malformed timeout', { name: 'job', handler, timeout: '5 minutes' as '5m' }],
+    ['a malformed timeout', { name: 'job', handler, timeout: '5 fortnights' as '5m' }],
     // Node fires a longer setTimeout after 1 ms: such a timeout would fail every attempt at once.
     ['a timeout beyond what a timer can wait', { name: 'job', handler, timeout: '30d' }],
   ])('rejects %s with invalid-option', (_, def) => {

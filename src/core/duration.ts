@@ -1,18 +1,20 @@
+import { parse } from '@lukeed/ms'
 import { invalidOption } from './errors.js'
 
-/** Milliseconds as a number, or a string such as `'500ms'`, `'30s'`, `'10m'`, `'2h'`, `'7d'`. */
-export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h' | 'd'}`
+type ShortUnit = 'ms' | 's' | 'm' | 'h' | 'd' | 'w'
+type LongUnit = 'millisecond' | 'second' | 'minute' | 'hour' | 'day' | 'week'
 
-const UNIT_MS = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const
+/**
+ * Milliseconds as a number, or a text in `@lukeed/ms`'s grammar: `'500ms'`, `'30s'`, `'10m'`,
+ * `'2h'`, `'7d'`, `'1 minute'`, `'2 hours'`. The same forms for every option that takes a duration.
+ */
+export type Duration = number | `${number}${ShortUnit}` | `${number} ${LongUnit}` | `${number} ${LongUnit}s`
 
 export function toMs(option: string, value: Duration): number {
-  let ms: number
-  if (typeof value === 'number') {
-    ms = value
-  } else {
-    const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value)
-    if (!match) throw invalidOption(option, `must be milliseconds or a duration like '30s', got '${value}'`)
-    ms = Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS]
+  // `parse` reads a bare number as milliseconds, but answers '0' with undefined.
+  const ms = typeof value === 'number' ? value : /^\d+(\.\d+)?$/.test(value) ? Number(value) : parse(value)
+  if (ms === undefined) {
+    throw invalidOption(option, `must be milliseconds or a duration like '30s' or '1 minute', got '${String(value)}'`)
   }
   if (!Number.isFinite(ms) || ms < 0) throw invalidOption(option, 'must be a finite, non-negative duration')
   return Math.round(ms)

@@ -36,11 +36,8 @@ export interface ProtocolOptions {
   adminRole?: string
   /** Most queued and running operations one owner may have; one more answers 429. @default unlimited */
   maxActivePerOwner?: number
-  /**
-   * Requests per principal (or per IP when anonymous) and time window: milliseconds, or a text such
-   * as `'1 minute'`. @default none
-   */
-  rateLimit?: { max: number; timeWindow: number | string }
+  /** Requests per principal (or per IP when anonymous) and time window, e.g. `'1 minute'`. @default none */
+  rateLimit?: { max: number; timeWindow: Duration }
   /** How often an idle event stream sends a comment, so that proxies keep it open. @default '15s' */
   streamHeartbeat?: Duration
   /** Event streams and waits one caller (principal, or address when anonymous) may hold open at once. @default 16 */
@@ -64,7 +61,7 @@ export interface ResolvedProtocolOptions {
   challenge: string
   policy: AccessPolicy
   maxActivePerOwner: number | undefined
-  rateLimit: { max: number; timeWindow: number | string } | undefined
+  rateLimit: { max: number; timeWindowMs: number } | undefined
   streamHeartbeatMs: number
   maxStreamsPerCaller: number
   maxWaitMs: number
@@ -90,7 +87,21 @@ const isPositiveInteger = (n: unknown): n is number => Number.isInteger(n) && (n
 // A header name is an RFC 9110 token.
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 
+/** Options of a plain type: a wrong one is named at registration rather than misread later. */
+const TYPED = {
+  basePath: 'string',
+  exposeStack: 'boolean',
+  allowAnonymous: 'boolean',
+  challenge: 'string',
+  adminRole: 'string',
+  authenticate: 'function',
+} as const
+
 export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocolOptions {
+  for (const [name, type] of Object.entries(TYPED)) {
+    const value = input[name as keyof typeof TYPED]
+    if (value !== undefined && typeof value !== type) throw invalidOption(name, `must be a ${type}`)
+  }
   const basePath = (input.basePath ?? DEFAULTS.basePath).replace(/\/+$/, '')
   if (!basePath.startsWith('/')) throw invalidOption('basePath', "must start with '/'")
   const bodyLimit = input.bodyLimit ?? DEFAULTS.bodyLimit
@@ -113,7 +124,12 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
     throw invalidOption('maxActivePerOwner', 'must be a positive integer')
   }
   const rateLimit = input.rateLimit
+  if (rateLimit !== undefined && (typeof rateLimit !== 'object' || rateLimit === null)) {
+    throw invalidOption('rateLimit', 'must be { max, timeWindow }')
+  }
   if (rateLimit && !isPositiveInteger(rateLimit.max)) throw invalidOption('rateLimit.max', 'must be a positive integer')
+  const timeWindowMs = rateLimit && toMs('rateLimit.timeWindow', rateLimit.timeWindow)
+  if (timeWindowMs === 0) throw invalidOption('rateLimit.timeWindow', 'must be positive')
   const positiveMs = (name: 'streamHeartbeat' | 'maxWait' | 'slowConsumerTimeout') => {
     const ms = toMs(name, input[name] ?? DEFAULTS[name])
     if (ms <= 0) throw invalidOption(name, 'must be positive')
@@ -134,7 +150,7 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
     challenge: input.challenge ?? DEFAULTS.challenge,
     policy: input.adminRole === undefined ? {} : { adminRole: input.adminRole },
     maxActivePerOwner: maxActive,
-    rateLimit: rateLimit && { max: rateLimit.max, timeWindow: rateLimit.timeWindow },
+    rateLimit: rateLimit && { max: rateLimit.max, timeWindowMs: timeWindowMs! },
     streamHeartbeatMs: positiveMs('streamHeartbeat'),
     maxStreamsPerCaller: maxStreams,
     maxWaitMs: positiveMs('maxWait'),

@@ -101,7 +101,9 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
   }
   // One counter per caller across all of longrun's routes. A route's `config.rateLimit` would give each
   // route a counter of its own, letting a caller make `max` requests on every route.
-  const limit = opts.rateLimit ? app.rateLimit(opts.rateLimit) : undefined
+  const limit = opts.rateLimit
+    ? app.rateLimit({ max: opts.rateLimit.max, timeWindow: opts.rateLimit.timeWindowMs })
+    : undefined
   const limited: preParsingAsyncHookHandler[] = limit
     ? [
         async function (request, reply) {
