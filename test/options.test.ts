@@ -93,3 +93,14 @@ describe('plugin options', () => {
     expect(err.message).toContain(`'${name}'`)
   })
 })
+
+describe('registration', () => {
+  it("works as app.register(import('longrun/fastify')), Fastify's way for plugins", async () => {
+    const app = Fastify()
+    await app.register(import('longrun/fastify'), { store: memoryStore() })
+    app.longrun.route({ url: '/jobs', name: 'job', handler: async () => 'done' })
+    const res = await app.inject({ method: 'POST', url: '/jobs', payload: {} })
+    expect(res.statusCode).toBe(202)
+    await app.close()
+  })
+})

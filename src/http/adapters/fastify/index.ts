@@ -232,6 +232,9 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
 /** The Fastify plugin: mounts the operations API and adds `app.longrun.route()` for async routes. */
 export const longrun = fp(plugin, { fastify: '5.x', name: 'longrun' })
 
+/** The same plugin, for `app.register(import('longrun/fastify'), options)` as Fastify's docs write it. */
+export default longrun
+
 export { problemErrorHandler, problemFrameworkErrors, problemNotFoundHandler } from './errors.js'
 export { defineAsyncRoute, type AnyAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema } from '../../route.js'
 export type { ProtocolOptions } from '../../options.js'
