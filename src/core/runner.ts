@@ -193,6 +193,10 @@ export class Runner {
     if (run.abortedBy) return void this.#end(run, { kind: 'skipped' })
     const { op, def } = run
     if (op.timeoutMs !== null) run.timers.push(setTimeout(() => this.#abort(run, 'timeout'), op.timeoutMs))
+    this.#opts.logger.info(
+      { operationId: op.id, operation: op.name, attempt: op.attempt, owner: op.owner },
+      `longrun: starting ${op.name} ${op.id} (attempt ${op.attempt})`,
+    )
 
     let pending: Promise<unknown>
     try {
@@ -239,6 +243,7 @@ export class Runner {
         }
         if (await this.#opts.store.progress(lease, progress, this.#opts.clock())) {
           op.progress = progress
+          logger.debug({ operationId: op.id, operation: op.name, attempt: op.attempt, progress }, 'longrun: progress')
           this.#hooks.progressed(op, progress)
         }
       },
@@ -270,7 +275,10 @@ export class Runner {
         await store.release(run.lease, clock())
       } else if (outcome) {
         const settled = await store.settle(run.lease, outcome, clock())
-        if (settled) this.#hooks.settled(settled)
+        if (settled) {
+          this.#logOutcome(settled)
+          this.#hooks.settled(settled)
+        }
         if (outcome.state === 'queued') this.#wakeAt(outcome.runAt)
       }
     } catch (err) {
@@ -286,6 +294,24 @@ export class Runner {
         this.wake()
       }
     }
+  }
+
+  #logOutcome(op: Operation): void {
+    const fields = {
+      operationId: op.id,
+      operation: op.name,
+      attempt: op.attempt,
+      owner: op.owner,
+      ...(op.startedAt !== undefined && op.completedAt !== undefined
+        ? { durationMs: op.completedAt - op.startedAt }
+        : {}),
+      ...(op.error ? { error: { code: op.error.code, detail: op.error.detail } } : {}),
+    }
+    const message =
+      op.state === 'queued'
+        ? `longrun: ${op.name} ${op.id} failed attempt ${op.attempt}; retrying at ${new Date(op.runAt).toISOString()}`
+        : `longrun: ${op.name} ${op.id} ${op.state}`
+    this.#opts.logger.info(fields, message)
   }
 
   #outcome(run: Run, ending: Ending): Outcome | 'release' | undefined {
