@@ -117,11 +117,11 @@ export class Client {
     return this.request('DELETE', path)
   }
 
-  /** Polls an operation until `predicate` holds for its resource. */
-  async waitFor(id: string, predicate: (op: Json) => boolean, what = 'state'): Promise<Json> {
+  /** Polls an operation until `predicate` holds for its resource, under `basePath`. */
+  async waitFor(id: string, predicate: (op: Json) => boolean, what = 'state', basePath = '/operations'): Promise<Json> {
     return until(
       async () => {
-        const res = await this.get(`/operations/${id}`)
+        const res = await this.get(`${basePath}/${id}`)
         return res.status === 200 && predicate(res.body) ? res.body : undefined
       },
       20_000,

@@ -76,7 +76,15 @@ const valuesOf = (request: FastifyRequest) => (name: string) => {
 const jsonBodiesOnly: preParsingAsyncHookHandler = async (request) => assertJsonBody(request.headers['content-type'])
 
 async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Promise<void> {
-  const opts = resolveProtocolOptions(options)
+  if (app.hasDecorator('longrun')) {
+    throw new LongrunError(
+      'invalid-option',
+      'longrun is already registered in this context or one around it: register each API in a context of its own (docs/fastify.md).',
+    )
+  }
+  const mounted = resolveProtocolOptions(options)
+  // The URLs clients see (Location, links) include the prefix of the context the plugin is in.
+  const opts = { ...mounted, basePath: app.prefix + mounted.basePath }
   const cors = options.cors === true ? {} : options.cors || undefined
   const engine = new Engine({ ...options, logger: app.log })
   const protocol = new OperationsProtocol(engine, opts)
@@ -124,7 +132,10 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
   }
   const accessOf = (request: FastifyRequest) => protocol.accessFor(callers.get(request))
 
-  app.decorate('longrun', {
+  // Routes land in the context `route()` is called from (its prefix, hooks and decorators): the
+  // decorator is a getter, and `this` is the context it is read from.
+  const declarations = new WeakMap<FastifyInstance, Longrun>()
+  const declare = (context: FastifyInstance): Longrun => ({
     engine,
     route(options) {
       const route = protocol.addRoute(options)
@@ -154,12 +165,12 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
               }),
             ),
         })
-      if (!cors) return void serve(app, route.url)
+      if (!cors) return void serve(context, route.url)
       // CORS needs a context of its own: @fastify/cors adds hooks, and a preflight route `<prefix>*`
       // that also catches longer URLs (the rest in its `*` parameter), which are not this route's.
       const methods: MethodsOf = (request) =>
         (request.params as { '*'?: string })['*'] ? [] : route.method === 'GET' ? ['GET', 'HEAD'] : [route.method]
-      app.register(
+      context.register(
         async (scope) => {
           await addCors(scope, cors, methods)
           serve(scope, '')
@@ -167,7 +178,14 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
         { prefix: route.url },
       )
     },
-  } satisfies Longrun)
+  })
+  app.decorate('longrun', {
+    getter(this: FastifyInstance) {
+      let longrun = declarations.get(this)
+      if (!longrun) declarations.set(this, (longrun = declare(this)))
+      return longrun
+    },
+  })
 
   const answer = (route: OperationRoute, id: string, request: FastifyRequest, reply: FastifyReply) =>
     route
@@ -216,7 +234,7 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
         },
       })
     },
-    { prefix: opts.basePath },
+    { prefix: mounted.basePath },
   )
 
   app.addHook('onReady', async () => engine.start())
