@@ -20,11 +20,15 @@ export {
 export type { Logger } from './logger.js'
 export { allows, canCancel, canDelete, canRetry, isTerminal, OPERATION_STATES, TRANSITIONS } from './operation.js'
 export type { Action } from './operation.js'
-export { hasEventLog, hasOutbox, isQueryable } from './store.js'
+export { hasEventFeed, hasEventLog, hasOutbox, isQueryable } from './store.js'
 export type {
   Condition,
   DeliveryAttempt,
+  EventFeed,
   EventLog,
+  FeedEntry,
+  FeedPage,
+  FeedQuery,
   Outbox,
   OutboxMessage,
   Queryable,

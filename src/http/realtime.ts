@@ -246,7 +246,7 @@ function lastEventId(request: StreamRequest, shape: RegExp): string | undefined 
   return value
 }
 
-export function shuttingDown(options: ResolvedProtocolOptions, id: string): LongrunError {
+function shuttingDown(options: ResolvedProtocolOptions, id: string): LongrunError {
   return new LongrunError('shutting-down', 'The server is shutting down; poll the operation instead.', {
     extra: { retryAfter: options.retryAfterSeconds },
     headers: { location: operationUrl(options.basePath, id) },
