@@ -96,8 +96,12 @@ export class Realtime {
         for (const [i, entry] of page.entries.entries()) {
           let op = ops.get(entry.operationId)
           if (!op) {
-            // Deleted since: its events are gone with it, and so is its message.
-            op = await access.get(entry.operationId).catch(() => undefined)
+            // Deleted since: its events are gone with it, and so is its message. Any other failure
+            // ends the stream, and the client resumes from its last id: no event is skipped.
+            op = await access.get(entry.operationId).catch((err: unknown) => {
+              if (err instanceof LongrunError && err.code === 'operation-not-found') return undefined
+              throw err
+            })
             if (!op) continue
             ops.set(op.id, op)
           }
