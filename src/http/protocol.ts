@@ -12,6 +12,7 @@ import { headerOf, type RequestHead } from './request.js'
 import { operationUrl, publicError, toDetailedResource, toResource } from './resource.js'
 import { resolveAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema, type ResolvedAsyncRoute } from './route.js'
 import { callerKey, preferences, Realtime } from './realtime.js'
+import { invalidQuery, singleParameter } from './query.js'
 import { Submitter, type SubmitParts } from './submit.js'
 
 /** A framework-neutral answer: adapters copy it onto their own reply object. */
@@ -188,8 +189,7 @@ export class OperationsProtocol {
 
   /** `GET {base}/{id}/wait?timeout=N`: the operation once it is done, or as it is after N seconds (Google's WaitOperation). */
   async wait(access: OperationAccess, id: string, request: LiveRequest): Promise<HttpReply> {
-    const timeout = request.query.timeout
-    if (timeout !== undefined && typeof timeout !== 'string') throw invalidQuery('timeout', 'must be given once')
+    const timeout = singleParameter(request.query.timeout, 'timeout')
     const waitMs = this.#realtime.waitMs(timeout, 'timeout') ?? Math.min(30_000, this.options.maxWaitMs)
     await this.#wait(access, id, waitMs, request)
     return this.#status(access, id, request, {})
@@ -278,10 +278,10 @@ export class OperationsProtocol {
   async list(access: OperationAccess, request: Pick<LiveRequest, 'headers' | 'query'>): Promise<HttpReply> {
     const { query } = request
     const states = parseStates(query.state)
-    const name = single(query.name, 'name')
-    const cursorText = single(query.cursor, 'cursor')
+    const name = singleParameter(query.name, 'name')
+    const cursorText = singleParameter(query.cursor, 'cursor')
     const cursor = cursorText === undefined ? undefined : decodeCursor(cursorText)
-    const limitText = single(query.limit, 'limit')
+    const limitText = singleParameter(query.limit, 'limit')
     let limit = this.options.defaultPageSize
     if (limitText !== undefined) {
       limit = Number(limitText)
@@ -368,9 +368,6 @@ const lastChange = (op: Operation, history: HistoryEntry[]) =>
 const invalidFilter = (field: string, why: string) =>
   new LongrunError('invalid-body', `Field '${field}' ${why}.`, { extra: { field } })
 
-const invalidQuery = (parameter: string, why: string) =>
-  new LongrunError('invalid-query', `Query parameter '${parameter}' ${why}.`, { extra: { parameter } })
-
 // Clients get the store's cursor wrapped, so that a cursor the API never issued is refused here
 // rather than passed to the store, which may read it as anything (an empty page, the first page).
 function encodeCursor(storeCursor: string): string {
@@ -388,12 +385,6 @@ function decodeCursor(text: string): string {
     }
   }
   throw invalidQuery('cursor', 'is not a cursor from a previous page')
-}
-
-function single(value: unknown, parameter: string): string | undefined {
-  if (value === undefined) return undefined
-  if (typeof value !== 'string') throw invalidQuery(parameter, 'must be given once')
-  return value
 }
 
 function parseStates(value: unknown, invalid = invalidQuery): OperationState[] | undefined {

@@ -3,6 +3,7 @@ import { LongrunError } from '../core/errors.js'
 import { followFeed, followOperation, waitForOperation } from '../core/follow.js'
 import type { HistoryEntry, Operation } from '../core/types.js'
 import type { ResolvedProtocolOptions } from './options.js'
+import { invalidQuery, singleParameter } from './query.js'
 import { headerOf } from './request.js'
 import { operationUrl, publicError, toResource, type OperationResource } from './resource.js'
 import { SSE_HEADERS, sseStream, type SseMessage } from './sse.js'
@@ -72,7 +73,9 @@ export class Realtime {
         pollMs: options.pollMs,
       })
       for await (const { entries, op } of follow) {
-        for (const entry of entries) yield message(String(entry.seq), entry, op, options)
+        // One resource for the batch: every event of it is sent with the operation as read after it.
+        const resource = toResource(op, options)
+        for (const entry of entries) yield message(String(entry.seq), entry, resource, options)
       }
     })
   }
@@ -82,8 +85,7 @@ export class Realtime {
    * or of all of the caller's own; resumable from `Last-Event-ID`, a position in the feed.
    */
   async feedStream(request: StreamRequest) {
-    const group = request.query.group
-    if (group !== undefined && typeof group !== 'string') throw invalidQuery('group', 'must be given once')
+    const group = singleParameter(request.query.group, 'group')
     const names = group === undefined ? undefined : this.#groups(group)
     if (names?.length === 0) throw invalidQuery('group', `names no route's sseGroup`)
     const after = lastEventId(request, /^[0-9-]{1,48}$/)
@@ -92,22 +94,24 @@ export class Realtime {
     return this.#stream(request, async function* (signal) {
       const query = { ...(after === undefined ? {} : { after }), ...(names ? { names } : {}) }
       for await (const page of followFeed(access, query, { signal, pollMs: options.pollMs })) {
-        const ops = new Map<string, Operation>()
+        // Each operation of the page read once; `null`: deleted since.
+        const resources = new Map<string, OperationResource | null>()
         for (const [i, entry] of page.entries.entries()) {
-          let op = ops.get(entry.operationId)
-          if (!op) {
-            // Deleted since: its events are gone with it, and so is its message. Any other failure
-            // ends the stream, and the client resumes from its last id: no event is skipped.
-            op = await access.get(entry.operationId).catch((err: unknown) => {
+          let resource = resources.get(entry.operationId)
+          if (resource === undefined) {
+            // A deleted operation's events are gone with it, and so is its message. Any other
+            // failure ends the stream, and the client resumes from its last id: no event is skipped.
+            const op = await access.get(entry.operationId).catch((err: unknown) => {
               if (err instanceof LongrunError && err.code === 'operation-not-found') return undefined
               throw err
             })
-            if (!op) continue
-            ops.set(op.id, op)
+            resource = op ? toResource(op, options) : null
+            resources.set(entry.operationId, resource)
           }
+          if (resource === null) continue
           // Each message's id resumes right after it; the last one's also skips what the filters left out.
           const id = i === page.entries.length - 1 ? page.cursor : entry.cursor
-          yield message(id, entry, op, options)
+          yield message(id, entry, resource, options)
         }
       }
     })
@@ -220,7 +224,7 @@ function eitherSignal(a: AbortSignal, b: AbortSignal | undefined): { signal: Abo
 function message(
   id: string | undefined,
   entry: HistoryEntry,
-  op: Operation,
+  resource: OperationResource,
   options: ResolvedProtocolOptions,
 ): SseMessage {
   const event: EventView = {
@@ -231,15 +235,14 @@ function message(
   }
   if (entry.progress) event.progress = entry.progress
   if (entry.error) event.error = publicError(entry.error, options.exposeStack)
-  const data: StreamData = { ...toResource(op, options), event }
+  const data: StreamData = { ...resource, event }
   return { ...(id === undefined ? {} : { id }), event: entry.event, data }
 }
 
 /** `Last-Event-ID`, or `?after=` for clients that cannot set headers; 400 unless it matches `shape`. */
 function lastEventId(request: StreamRequest, shape: RegExp): string | undefined {
   const header = headerOf(request, 'last-event-id')
-  const query = request.query.after
-  if (query !== undefined && typeof query !== 'string') throw invalidQuery('after', 'must be given once')
+  const query = singleParameter(request.query.after, 'after')
   const value = header ?? query
   if (value === undefined || value === '') return undefined
   if (!shape.test(value)) {
@@ -256,9 +259,6 @@ function shuttingDown(options: ResolvedProtocolOptions, id: string): LongrunErro
     headers: { location: operationUrl(options.basePath, id) },
   })
 }
-
-const invalidQuery = (parameter: string, why: string) =>
-  new LongrunError('invalid-query', `Query parameter '${parameter}' ${why}.`, { extra: { parameter } })
 
 /** The preferences of an RFC 7240 `Prefer` header: names in lower case, `wait` as its text. */
 export function preferences(head: { headers: Record<string, string | string[] | undefined> }): Map<string, string> {
