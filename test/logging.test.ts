@@ -6,19 +6,21 @@ import { expect, it } from 'vitest'
 import { until } from './helpers/until.js'
 
 // What an operator reads in the app's log (Fastify's pino): each start, retry and outcome at info,
-// progress at debug, and a handler's own lines tagged with the operation.
+// progress at debug, and a handler's own lines tagged with the operation and with the request that
+// submitted it.
 
 interface Line {
   level: number
   msg: string
   operationId?: string
+  reqId?: string
   attempt?: number
   progress?: unknown
   durationMs?: number
   error?: { code: string }
 }
 
-it('logs each start, retry and outcome at info, progress at debug, and tags the handler log', async () => {
+it('logs each start, retry and outcome at info, progress at debug, and tags the handler log with the submitting request', async () => {
   const lines: Line[] = []
   const stream = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -26,7 +28,7 @@ it('logs each start, retry and outcome at info, progress at debug, and tags the 
       done()
     },
   })
-  const app = Fastify({ logger: { level: 'debug', stream } })
+  const app = Fastify({ logger: { level: 'debug', stream }, requestIdHeader: 'x-request-id' })
   await app.register(longrun, { store: memoryStore(), poll: 20 })
   let calls = 0
   app.longrun.route({
@@ -41,7 +43,7 @@ it('logs each start, retry and outcome at info, progress at debug, and tags the 
     },
   })
   try {
-    const res = await app.inject({ method: 'POST', url: '/jobs', payload: {} })
+    const res = await app.inject({ method: 'POST', url: '/jobs', payload: {}, headers: { 'x-request-id': 'rq-7' } })
     const id = (JSON.parse(res.body) as { id: string }).id
     await until(() => lines.some((l) => l.operationId === id && l.msg.endsWith(' succeeded')) || undefined, 10_000)
     const mine = lines.filter((l) => l.operationId === id)
@@ -63,6 +65,10 @@ it('logs each start, retry and outcome at info, progress at debug, and tags the 
     ])
     // The handler's own line carries the operation and its attempt.
     expect(mine.filter((l) => l.msg === 'building the report').map((l) => l.attempt)).toEqual([1, 2])
+    // Every line of the work, the handler's own included, joins up with the request's lines.
+    expect(lines.find((l) => l.msg === 'incoming request')?.reqId).toBe('rq-7')
+    expect(mine.length).toBeGreaterThan(6)
+    expect(new Set(mine.map((l) => l.reqId))).toEqual(new Set(['rq-7']))
   } finally {
     await app.close()
   }

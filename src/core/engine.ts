@@ -26,6 +26,8 @@ export interface SubmitRequest {
   headers?: Record<string, string>
   /** The submitting principal's id. */
   owner?: string | null
+  /** The submitting request's id in the server's logs; the handler's logs carry it as `reqId`. */
+  requestId?: string
 }
 
 // NUL cannot occur in an owner id or a name, so scopes never collide.
@@ -220,6 +222,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       params: request.params ?? {},
       query: request.query ?? {},
       headers: request.headers ?? {},
+      ...(request.requestId === undefined ? {} : { requestId: request.requestId }),
       maxAttempts: def.retry.attempts,
       cancelable: def.cancelable,
       timeoutMs: def.timeoutMs,

@@ -194,7 +194,7 @@ export class Runner {
     const { op, def } = run
     if (op.timeoutMs !== null) run.timers.push(setTimeout(() => this.#abort(run, 'timeout'), op.timeoutMs))
     this.#opts.logger.info(
-      { operationId: op.id, operation: op.name, attempt: op.attempt, owner: op.owner },
+      { ...logFields(op), owner: op.owner },
       `longrun: starting ${op.name} ${op.id} (attempt ${op.attempt})`,
     )
 
@@ -228,7 +228,7 @@ export class Runner {
       signal: run.controller.signal,
       // Made on first use: most handlers never log, and a child logger per run is not free.
       get log() {
-        return (log ??= logger.child({ operationId: op.id, operation: op.name, attempt: op.attempt }))
+        return (log ??= logger.child(logFields(op)))
       },
       progress: async (percent, step, description) => {
         if (run.ended) return
@@ -237,13 +237,13 @@ export class Runner {
         if (fixes.length > 0 && !progressWarned) {
           progressWarned = true
           logger.warn(
-            { operationId: op.id, operation: op.name, attempt: op.attempt, fixes },
+            { ...logFields(op), fixes },
             'longrun: op.progress() got a value out of range or of the wrong type (not logged again this attempt)',
           )
         }
         if (await this.#opts.store.progress(lease, progress, this.#opts.clock())) {
           op.progress = progress
-          logger.debug({ operationId: op.id, operation: op.name, attempt: op.attempt, progress }, 'longrun: progress')
+          logger.debug({ ...logFields(op), progress }, 'longrun: progress')
           this.#hooks.progressed(op, progress)
         }
       },
@@ -298,9 +298,7 @@ export class Runner {
 
   #logOutcome(op: Operation): void {
     const fields = {
-      operationId: op.id,
-      operation: op.name,
-      attempt: op.attempt,
+      ...logFields(op),
       owner: op.owner,
       ...(op.startedAt !== undefined && op.completedAt !== undefined
         ? { durationMs: op.completedAt - op.startedAt }
@@ -414,4 +412,13 @@ function shown(value: unknown): string {
   if (typeof value === 'function') return 'a function'
   if (typeof value === 'object' && value !== null) return 'an object'
   return String(value)
+}
+
+/**
+ * What every log line about an attempt carries. `reqId` is the submitting request's, under the name
+ * Fastify's request logs use, so that a search for it finds the request and all its work.
+ */
+function logFields(op: Operation) {
+  const fields = { operationId: op.id, operation: op.name, attempt: op.attempt }
+  return op.requestId === undefined ? fields : { ...fields, reqId: op.requestId }
 }

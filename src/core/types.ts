@@ -41,6 +41,11 @@ export interface Operation {
   params: Record<string, string>
   query: Record<string, unknown>
   headers: Record<string, string>
+  /**
+   * The id the submitting request had in the server's logs (Fastify's `reqId`), carried into the
+   * handler's logs so that the two join up.
+   */
+  requestId?: string
   progress: Progress
   result?: unknown
   error?: OperationError
@@ -74,6 +79,7 @@ export type NewOperation = Pick<
   | 'params'
   | 'query'
   | 'headers'
+  | 'requestId'
   | 'maxAttempts'
   | 'cancelable'
   | 'timeoutMs'

@@ -20,6 +20,8 @@ export interface SubmitParts {
    * only sees joined values (Web `Headers`) passes the joined one.
    */
   headerValues(name: string): string[]
+  /** The request's id in the server's logs, for the handler's logs to carry. */
+  requestId?: string
 }
 
 // Credentials are not stored with the operation: handlers get the other headers.
@@ -116,6 +118,7 @@ export class Submitter {
         params: parts.params,
         query: parts.query,
         headers: storedHeaders(parts.headers),
+        requestId: parts.requestId,
       }
       if (!idempotent) {
         return { op: await engine.submit(route.name, request), headers: { [KEY_RECOMMENDED_HEADER]: 'true' } }

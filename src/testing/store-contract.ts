@@ -138,6 +138,7 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           params: { userId: '7', slug: 'a-b' },
           query: { page: 2, tags: ['x', 'y'], flag: true },
           headers: { 'content-type': 'application/json', 'x-trace': 'abc' },
+          requestId: 'req-42',
           maxAttempts: 3,
           cancelable: false,
           timeoutMs: null,

@@ -135,6 +135,13 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       CREATE INDEX operation_events_feed ON operation_events (tx, seq);
     `,
   },
+  {
+    version: 6,
+    name: 'request id',
+    sql: `
+      ALTER TABLE operations ADD COLUMN request_id TEXT;
+    `,
+  },
 ]
 
 // Advisory lock class for migrations; the schema's hash is the other half of the key.

@@ -23,6 +23,7 @@ export interface Row {
   params: Record<string, string>
   query: Record<string, unknown>
   headers: Record<string, string>
+  request_id: string | null
   progress: Progress
   result: unknown
   error: OperationError | null
@@ -70,6 +71,7 @@ export function newRow(op: NewOperation) {
     params: op.params,
     query: op.query,
     headers: op.headers,
+    requestId: op.requestId ?? null,
     maxAttempts: op.maxAttempts,
     cancelable: op.cancelable,
     timeoutMs: op.timeoutMs,
@@ -152,6 +154,7 @@ export function toOperation(row: Row): Operation {
     createdAt: row.created_at,
     runAt: row.run_at,
   }
+  if (row.request_id !== null) op.requestId = row.request_id
   // JSONB null and SQL NULL read back alike: a result exists exactly when the operation succeeded.
   if (row.state === 'succeeded') op.result = row.result
   if (row.error !== null) op.error = row.error

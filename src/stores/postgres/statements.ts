@@ -17,10 +17,10 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
   const heartbeatNow = leaseClock === 'database' ? DATABASE_NOW : 'i.now'
   // Operations as JSON documents (see newRow), inserted in array order so that `seq` follows it.
   const insertRows = `
-    INSERT INTO ${ops} (id, name, state, owner, input, params, query, headers, max_attempts, cancelable,
-      timeout_ms, created_at, run_at)
+    INSERT INTO ${ops} (id, name, state, owner, input, params, query, headers, request_id, max_attempts,
+      cancelable, timeout_ms, created_at, run_at)
     SELECT e->>'id', e->>'name', 'queued', e->>'owner', e->'input', e->'params', e->'query', e->'headers',
-      (e->>'maxAttempts')::int, (e->>'cancelable')::boolean, (e->>'timeoutMs')::bigint,
+      e->>'requestId', (e->>'maxAttempts')::int, (e->>'cancelable')::boolean, (e->>'timeoutMs')::bigint,
       (e->>'createdAt')::bigint, (e->>'createdAt')::bigint`
   // Records `submitted` for each row of the CTE `inserted`; the owner is its actor.
   const submitted = `recorded AS (

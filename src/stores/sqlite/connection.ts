@@ -64,6 +64,7 @@ export interface Row {
   params: string
   query: string
   headers: string
+  request_id: string | null
   progress: string
   result: string | null
   error: string | null
@@ -164,6 +165,7 @@ export class OperationQuery {
       createdAt: v[at.created_at] as number,
       runAt: v[at.run_at] as number,
     }
+    if (v[at.request_id] !== null) op.requestId = v[at.request_id] as string
     if (v[at.result] !== null) op.result = JSON.parse(v[at.result] as string)
     if (v[at.error] !== null) op.error = JSON.parse(v[at.error] as string)
     if (v[at.started_at] !== null) op.startedAt = v[at.started_at] as number

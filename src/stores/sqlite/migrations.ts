@@ -78,4 +78,11 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       ALTER TABLE operation_events ADD COLUMN progress TEXT;
     `,
   },
+  {
+    version: 4,
+    name: 'request id',
+    sql: `
+      ALTER TABLE operations ADD COLUMN request_id TEXT;
+    `,
+  },
 ]

@@ -92,10 +92,10 @@ export class SqliteWrites {
     let inserted: Operation
     try {
       inserted = this.#ops(
-        `INSERT INTO operations (id, name, state, owner, input, params, query, headers, max_attempts, cancelable,
-             timeout_ms, created_at, run_at)
-           VALUES (@id, @name, 'queued', @owner, @input, @params, @query, @headers, @maxAttempts, @cancelable,
-             @timeoutMs, @createdAt, @createdAt)
+        `INSERT INTO operations (id, name, state, owner, input, params, query, headers, request_id, max_attempts,
+             cancelable, timeout_ms, created_at, run_at)
+           VALUES (@id, @name, 'queued', @owner, @input, @params, @query, @headers, @requestId, @maxAttempts,
+             @cancelable, @timeoutMs, @createdAt, @createdAt)
            RETURNING *`,
       ).get({
         id: op.id,
@@ -105,6 +105,7 @@ export class SqliteWrites {
         params: JSON.stringify(op.params),
         query: JSON.stringify(op.query),
         headers: JSON.stringify(op.headers),
+        requestId: op.requestId ?? null,
         maxAttempts: op.maxAttempts,
         cancelable: op.cancelable ? 1 : 0,
         timeoutMs: op.timeoutMs,

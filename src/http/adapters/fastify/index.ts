@@ -162,6 +162,7 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
                 headerValues: valuesOf(request),
                 ip: request.ip,
                 signal: disconnected(reply),
+                requestId: request.id,
               }),
             ),
         })
