@@ -1227,7 +1227,7 @@ describe('request bodies', () => {
   })
 })
 
-describe('strict body validation', () => {
+describe("validation: 'strict'", () => {
   afterEach(closeAll)
 
   it.each([
@@ -1235,7 +1235,7 @@ describe('strict body validation', () => {
     ['a number for a string', { n: 5, label: 5 }, '/label'],
     ['a property the schema forbids', { n: 5, label: 'x', extra: true }, '/'],
   ])('answers %s with 422 invalid-body and stores nothing', async (_what, body, path) => {
-    const h = await start()
+    const h = await start({ validation: 'strict' })
     const alice = h.as('owner')
     const problem = expectProblem(await alice.post('/jobs/typed', body), 422, 'invalid-body')
     expect(problem.errors).toEqual([expect.objectContaining({ path })])

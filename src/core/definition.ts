@@ -19,14 +19,19 @@ export interface RetryPolicy {
 }
 
 /** What a handler sees of its operation. */
-export interface OperationContext<Input = unknown, Args = unknown> {
+export interface OperationContext<
+  Input = unknown,
+  Args = unknown,
+  Params = Record<string, string>,
+  Query = Record<string, unknown>,
+> {
   readonly id: string
   readonly name: string
   /** 1 on the first start; use it with `id` to make downstream calls idempotent. */
   readonly attempt: number
   readonly input: Input
-  readonly params: Record<string, string>
-  readonly query: Record<string, unknown>
+  readonly params: Params
+  readonly query: Query
   /** The submitting request's headers, without credentials (authorization, cookies). */
   readonly headers: Record<string, string>
   /** The submitting principal, when the request had one. */
@@ -40,10 +45,16 @@ export interface OperationContext<Input = unknown, Args = unknown> {
   progress(percent: number, step?: string, description?: string): Promise<void>
 }
 
-export interface OperationDefinition<Input = unknown, Result = unknown, Args = unknown> {
+export interface OperationDefinition<
+  Input = unknown,
+  Result = unknown,
+  Args = unknown,
+  Params = Record<string, string>,
+  Query = Record<string, unknown>,
+> {
   /** Unique among the engine's definitions; stored with each operation. */
   name: string
-  handler(op: OperationContext<Input, Args>): Promise<Result> | Result
+  handler(op: OperationContext<Input, Args, Params, Query>): Promise<Result> | Result
   /** Handlers of this name running at once in one process. @default 2 */
   concurrency?: number
   /** Per-attempt time limit, or `'none'`. @default '600m' */
@@ -90,8 +101,8 @@ const DEFAULTS = {
 /** The longest delay `setTimeout` honours. */
 const MAX_TIMER_MS = 2_147_483_647
 
-export function resolveDefinition<Input, Result, Args>(
-  def: OperationDefinition<Input, Result, Args>,
+export function resolveDefinition<Input, Result, Args, Params, Query>(
+  def: OperationDefinition<Input, Result, Args, Params, Query>,
 ): ResolvedDefinition {
   if (typeof def.name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(def.name)) {
     throw invalidOption('name', 'must be 1-128 letters, digits, dots, colons, dashes or underscores')

@@ -100,7 +100,9 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 
   /** Registers what operations of `def.name` do. Definitions are the same in API and worker processes. */
-  define<Input, Result, Args>(def: OperationDefinition<Input, Result, Args>): ResolvedDefinition {
+  define<Input, Result, Args, Params = Record<string, string>, Query = Record<string, unknown>>(
+    def: OperationDefinition<Input, Result, Args, Params, Query>,
+  ): ResolvedDefinition {
     const resolved = resolveDefinition(def)
     if (this.#definitions.has(resolved.name)) throw invalidOption('name', `'${resolved.name}' is already defined`)
     this.#definitions.set(resolved.name, resolved)

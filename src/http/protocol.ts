@@ -10,7 +10,14 @@ import { negotiate, serialize } from './formats.js'
 import type { ResolvedProtocolOptions } from './options.js'
 import { headerOf, type RequestHead } from './request.js'
 import { operationUrl, publicError, toDetailedResource, toResource } from './resource.js'
-import { resolveAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema, type ResolvedAsyncRoute } from './route.js'
+import {
+  resolveAsyncRoute,
+  type AsyncRouteOptions,
+  type AsyncRouteSchema,
+  type ResolvedAsyncRoute,
+  type SchemaTypeProvider,
+} from './route.js'
+import { validateStandard } from './schema.js'
 import { callerKey, preferences, Realtime } from './realtime.js'
 import { invalidQuery, singleParameter } from './query.js'
 import { Submitter, type SubmitParts } from './submit.js'
@@ -73,7 +80,9 @@ export class OperationsProtocol {
   }
 
   /** Checks an async route and defines its operation on the engine; the adapter then serves it. */
-  addRoute<S extends AsyncRouteSchema, Result, Args>(route: AsyncRouteOptions<S, Result, Args>): ResolvedAsyncRoute {
+  addRoute<S extends AsyncRouteSchema, Result, Args, TP extends SchemaTypeProvider>(
+    route: AsyncRouteOptions<S, Result, Args, TP>,
+  ): ResolvedAsyncRoute {
     const resolved = resolveAsyncRoute(route)
     this.engine.define(resolved.definition)
     this.#routes.set(resolved.name, resolved)
@@ -105,6 +114,7 @@ export class OperationsProtocol {
     route: ResolvedAsyncRoute,
     parts: SubmitParts & Partial<LiveRequest>,
   ): Promise<HttpReply> {
+    parts = await withStandardSchemas(route, parts)
     const prefer = preferences(parts)
     const waitMs = route.hold?.timeoutMs ?? this.#realtime.waitMs(prefer.get('wait'))
     // A held request counts against the caller's slots like a wait, refused before anything is
@@ -396,4 +406,20 @@ function parseStates(value: unknown, invalid = invalidQuery): OperationState[] |
     }
   }
   return parts as OperationState[]
+}
+
+/** The parts with Standard Schemas validated and replaced by their schemas' output, first of all. */
+async function withStandardSchemas<P extends SubmitParts>(route: ResolvedAsyncRoute, parts: P): Promise<P> {
+  const { body, params, querystring } = route.standard
+  if (!body && !params && !querystring) return parts
+  return {
+    ...parts,
+    body: body ? await validateStandard('body', body, parts.body) : parts.body,
+    params: params
+      ? ((await validateStandard('params', params, parts.params)) as Record<string, string>)
+      : parts.params,
+    query: querystring
+      ? ((await validateStandard('querystring', querystring, parts.query)) as Record<string, unknown>)
+      : parts.query,
+  }
 }

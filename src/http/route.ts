@@ -3,28 +3,41 @@ import { toMs, type Duration } from '../core/duration.js'
 import { invalidOption } from '../core/errors.js'
 import { RESULT_TYPES, type ResultType } from './formats.js'
 import type { IdempotencyMode } from './idempotency.js'
+import {
+  splitSchema,
+  type AsyncRouteSchema,
+  type RequestTypes,
+  type SchemaPart,
+  type SchemaTypeProvider,
+  type SchemaTypes,
+} from './schema.js'
+import type { StandardSchemaV1 } from '@standard-schema/spec'
 
-/** A JSON schema; TypeBox schemas also carry the TypeScript type they validate (`static`). */
-type Schema = object
+export type { AsyncRouteSchema, SchemaTypeProvider } from './schema.js'
 
-type StaticOf<S> = S extends { static: infer T } ? T : unknown
-
-export interface AsyncRouteSchema {
-  body?: Schema
-  params?: Schema
-  querystring?: Schema
-}
-
-/** An async route: the operation it makes (its definition) and how HTTP reaches it. */
-export interface AsyncRouteOptions<S extends AsyncRouteSchema, Result, Args> extends OperationDefinition<
-  StaticOf<S['body']>,
+/**
+ * An async route: the operation it makes (its definition) and how HTTP reaches it. The schema types
+ * `op.input`, `op.params` and `op.query`, through `TP` when given (a Fastify type provider).
+ */
+export interface AsyncRouteOptions<
+  S extends AsyncRouteSchema,
   Result,
-  Args
+  Args,
+  TP extends SchemaTypeProvider = SchemaTypes,
+> extends OperationDefinition<
+  RequestTypes<S, TP>['body'],
+  Result,
+  Args,
+  RequestTypes<S, TP>['params'],
+  RequestTypes<S, TP>['query']
 > {
   /** @default 'POST' */
   method?: string
   url: string
-  /** Validated before anything is stored. */
+  /**
+   * Validated before anything is stored: JSON Schemas (TypeBox's included) by the framework's
+   * validator, Standard Schemas (Zod, Valibot, ArkType...) by their own.
+   */
   schema?: S
   /** Media types the result may be fetched in. @default ['application/json'] */
   resultTypes?: ResultType[]
@@ -54,9 +67,9 @@ export interface HoldOptions {
 export type AnyAsyncRoute = AsyncRouteOptions<AsyncRouteSchema, unknown, unknown>
 
 /**
- * Types an async route's options (the body schema types `op.input`) without registering it, so that
- * one list of routes can serve an API process (`app.longrun.route`) and a worker process
- * (`engine.define`, which ignores the HTTP fields). It imports no HTTP framework.
+ * Types an async route's options (its schema types `op.input`, `op.params`, `op.query`) without
+ * registering it, so that one list of routes can serve an API process (`app.longrun.route`) and a
+ * worker process (`engine.define`, which ignores the HTTP fields). It imports no HTTP framework.
  */
 export function defineAsyncRoute<S extends AsyncRouteSchema, Result, Args = undefined>(
   options: AsyncRouteOptions<S, Result, Args>,
@@ -64,12 +77,26 @@ export function defineAsyncRoute<S extends AsyncRouteSchema, Result, Args = unde
   return options
 }
 
+/**
+ * `defineAsyncRoute` with the schema types of a type provider, e.g.
+ * `defineAsyncRoute.withTypeProvider<TypeBoxTypeProvider>()` for TypeBox 1.x schemas.
+ */
+defineAsyncRoute.withTypeProvider =
+  <TP extends SchemaTypeProvider>() =>
+  <S extends AsyncRouteSchema, Result, Args = undefined>(
+    options: AsyncRouteOptions<S, Result, Args, TP>,
+  ): AsyncRouteOptions<S, Result, Args, TP> =>
+    options
+
 /** An async route checked, split into what HTTP needs and the definition the engine runs. */
 export interface ResolvedAsyncRoute {
   name: string
   method: string
   url: string
+  /** The JSON Schema parts, for the framework to validate. */
   schema: AsyncRouteSchema
+  /** The Standard Schema parts, which `OperationsProtocol.submit` validates. */
+  standard: Partial<Record<SchemaPart, StandardSchemaV1>>
   resultTypes: readonly ResultType[]
   bodyLimit: number | undefined
   idempotency: IdempotencyMode
@@ -78,8 +105,8 @@ export interface ResolvedAsyncRoute {
   definition: OperationDefinition<unknown, unknown, unknown>
 }
 
-export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args>(
-  route: AsyncRouteOptions<S, Result, Args>,
+export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args, TP extends SchemaTypeProvider>(
+  route: AsyncRouteOptions<S, Result, Args, TP>,
 ): ResolvedAsyncRoute {
   const {
     method = 'POST',
@@ -106,11 +133,13 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args>(
   if (sseGroup !== undefined && (typeof sseGroup !== 'string' || !/^[\w.~-]{1,100}$/.test(sseGroup))) {
     throw invalidOption(`${name}.sseGroup`, 'must be 1-100 letters, digits or . _ ~ -')
   }
+  const { json, standard } = splitSchema(schema ?? {})
   return {
     name,
     method: method.toUpperCase(),
     url,
-    schema: schema ?? {},
+    schema: json,
+    standard,
     resultTypes: resultTypes?.length ? resultTypes : ['application/json'],
     bodyLimit,
     idempotency,

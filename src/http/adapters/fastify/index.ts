@@ -11,16 +11,17 @@ import fp from 'fastify-plugin'
 import { Readable } from 'node:stream'
 import type { Principal } from '../../../core/permissions.js'
 import { Engine } from '../../../core/engine.js'
-import { LongrunError } from '../../../core/errors.js'
+import { invalidOption, LongrunError } from '../../../core/errors.js'
 import type { EngineOptions } from '../../../core/options.js'
 import { resolveProtocolOptions, type ProtocolOptions } from '../../options.js'
 import { OperationsProtocol, type HttpReply } from '../../protocol.js'
-import type { AsyncRouteOptions, AsyncRouteSchema } from '../../route.js'
+import type { AsyncRouteOptions, AsyncRouteSchema, SchemaTypeProvider } from '../../route.js'
+import type { SchemaTypes } from '../../schema.js'
 import { allowedMethods, matchOperationRoute, OPERATION_ROUTES, type OperationRoute } from '../../routes.js'
 import { assertJsonBody } from '../../submit.js'
 import { addCors, type LongrunCorsOptions, type MethodsOf } from './cors.js'
 import { copyHeaders, operationsNotFound, pathOf, problemErrorHandler } from './errors.js'
-import { validatorCompiler } from './validation.js'
+import { strictValidator } from './validation.js'
 
 export interface LongrunPluginOptions extends ProtocolOptions, Omit<EngineOptions, 'logger'> {
   /**
@@ -29,17 +30,34 @@ export interface LongrunPluginOptions extends ProtocolOptions, Omit<EngineOption
    * `true` allows any origin. @default false
    */
   cors?: boolean | LongrunCorsOptions
+  /**
+   * Who validates async routes' JSON Schemas. `app`: the app's own validator, as for its other
+   * routes (its Ajv options and plugins, `addSchema` and `$ref`s; Fastify's default coerces types
+   * and removes properties a schema forbids). `strict`: longrun's, which coerces path and query
+   * parameters only and answers 422 for a body of the wrong type or with a forbidden property, so
+   * that the stored input is what the client sent (`$ref`s to the context's schemas still work).
+   * Standard Schemas (Zod...) validate themselves either way. @default 'app'
+   */
+  validation?: 'app' | 'strict'
 }
 
-export interface Longrun {
+export interface Longrun<TP extends SchemaTypeProvider = SchemaTypes> {
   readonly engine: Engine
-  /** Declares an async route: validate, store, answer 202; a worker runs `handler` later. */
-  route<S extends AsyncRouteSchema, Result, Args = undefined>(options: AsyncRouteOptions<S, Result, Args>): void
+  /**
+   * Declares an async route: validate, store, answer 202; a worker runs `handler` later. The
+   * schema types the handler's `op`, through the app's type provider when it has one
+   * (`app.withTypeProvider<TypeBoxTypeProvider>().longrun.route(...)`).
+   */
+  route<S extends AsyncRouteSchema, Result, Args = undefined, RouteTP extends SchemaTypeProvider = TP>(
+    options: AsyncRouteOptions<S, Result, Args, RouteTP>,
+  ): void
 }
 
 declare module 'fastify' {
-  interface FastifyInstance {
-    longrun: Longrun
+  // The parameters must repeat Fastify's declaration; only the type provider is used.
+  // eslint-disable-next-line @typescript-eslint/no-unused-vars
+  interface FastifyInstance<RawServer, RawRequest, RawReply, Logger, TypeProvider> {
+    longrun: Longrun<TypeProvider>
   }
 }
 
@@ -86,6 +104,9 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
   // The URLs clients see (Location, links) include the prefix of the context the plugin is in.
   const opts = { ...mounted, basePath: app.prefix + mounted.basePath }
   const cors = options.cors === true ? {} : options.cors || undefined
+  const { validation = 'app' } = options
+  if (validation !== 'app' && validation !== 'strict') throw invalidOption('validation', "must be 'app' or 'strict'")
+  const strict = validation === 'strict'
   const engine = new Engine({ ...options, logger: app.log })
   const protocol = new OperationsProtocol(engine, opts)
 
@@ -146,7 +167,7 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
           schema: route.schema,
           bodyLimit: route.bodyLimit ?? opts.bodyLimit,
           preParsing: [...limited, jsonBodiesOnly],
-          validatorCompiler,
+          ...(strict ? { validatorCompiler: strictValidator(scope.getSchemas()) } : {}),
           onRequest: authenticate,
           errorHandler: problemErrorHandler,
           handler: async (request, reply) =>
