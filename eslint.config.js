@@ -5,9 +5,14 @@ const FRAMEWORKS = ['fastify', 'fastify-*', '@fastify/*', 'express', 'hono']
 const DRIVERS = ['pg', 'better-sqlite3', 'ioredis']
 
 /** Which way imports may point (docs/architecture.md); `madge --circular` in `npm test` checks for cycles. */
-const boundary = (files, patterns, message) => ({
+const boundary = (files, patterns, message, allowTypeImports = false) => ({
   files,
-  rules: { '@typescript-eslint/no-restricted-imports': ['error', { patterns: [{ group: patterns, message }] }] },
+  rules: {
+    '@typescript-eslint/no-restricted-imports': [
+      'error',
+      { patterns: [{ group: patterns, message, allowTypeImports }] },
+    ],
+  },
 })
 
 export default tseslint.config(
@@ -31,4 +36,10 @@ export default tseslint.config(
     'Neutral HTTP files import no framework, adapter, driver or store: that is what adapters/ is for.',
   ),
   boundary(['src/stores/**/*.ts'], [...FRAMEWORKS, '**/http/**'], 'Stores know nothing of HTTP.'),
+  boundary(
+    ['src/client/**/*.ts'],
+    [...FRAMEWORKS, ...DRIVERS, 'node:*', '**/core/**', '**/http/**', '**/stores/**', '**/testing/**'],
+    'The client runs in browsers: fetch and web APIs only, no Node built-ins, and no server code (`import type` only).',
+    true,
+  ),
 )
