@@ -82,6 +82,7 @@ const CONSUMER: Record<string, string> = {
   'src/main.ts': `
     import type { AddressInfo } from 'node:net'
     import { setTimeout as sleep } from 'node:timers/promises'
+    import { createClient } from 'longrun/client'
     import { buildApp } from './app.js'
 
     const app = await buildApp(process.argv[2]!)
@@ -99,13 +100,16 @@ const CONSUMER: Record<string, string> = {
       op = (await (await fetch(base + location)).json()) as typeof op
     } while (!op.done)
     const result: unknown = await (await fetch(base + location + '/result')).json()
+    // The same round trip through the client SDK, which hides the polling.
+    const client = createClient({ baseUrl: base })
+    const viaClient = await (await client.submit('/squares', { n: 8 })).wait({ timeout: 10_000 })
     const postgres = await import('longrun/postgres').then(
       () => 'loaded',
       (err: Error) => err.message,
     )
     await app.close()
     const resolved = import.meta.resolve('longrun/fastify')
-    console.log(JSON.stringify({ status: submitted.status, state: op.state, result, postgres, resolved }))
+    console.log(JSON.stringify({ status: submitted.status, state: op.state, result, viaClient, postgres, resolved }))
   `,
 }
 
@@ -182,6 +186,7 @@ describe('the packed package, installed into a new project', () => {
       status: 202,
       state: 'succeeded',
       result: { square: 49 },
+      viaClient: { square: 64 },
       postgres: expect.stringContaining('npm install pg'),
       resolved: expect.stringMatching(/\/node_modules\/longrun\/dist\/http\/adapters\/fastify\/index\.js$/),
     })
