@@ -124,6 +124,22 @@ describe('the client', () => {
     holder.abort()
   })
 
+  it('attaches to the operation of a submit answered when done (Prefer: wait)', async () => {
+    const answered: number[] = []
+    const { client } = await start({}, (app) =>
+      app.addHook('onResponse', async (request, reply) => {
+        if (request.method === 'POST') answered.push(reply.statusCode)
+      }),
+    )
+    const op = await client.submit('/jobs', { outcome: 'succeed' }, { headers: { prefer: 'wait=10' } })
+    // Answered with the outcome (and Content-Location), not 202 and Location.
+    expect(answered).toEqual([200])
+    const listed = await client.list()
+    expect(listed.items.map((item) => item.id)).toEqual([op.id])
+    expect((await op.get()).state).toBe('succeeded')
+    expect(await op.wait()).toEqual({ steps: 0 })
+  })
+
   it('offers every method', async () => {
     const { client } = await start()
     const op = await client.submit('/jobs', { outcome: 'hang' })
