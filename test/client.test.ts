@@ -1,8 +1,6 @@
-import { execFile } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { promisify } from 'node:util'
 import { gzipSync } from 'node:zlib'
 import { Type } from '@sinclair/typebox'
 import { build } from 'esbuild'
@@ -21,7 +19,6 @@ import { memoryStore } from 'longrun/memory'
 import { chromium } from 'playwright-core'
 import { afterEach, describe, expect, expectTypeOf, it } from 'vitest'
 import { z } from 'zod'
-import { buildApp } from '../examples/basic/app.js'
 import { Gates, listen } from './helpers/http.js'
 import { until } from './helpers/until.js'
 
@@ -227,22 +224,6 @@ describe('the client', () => {
     const op = await client.submit('/jobs', { outcome: 'succeed' })
     expect(await op.wait()).toEqual({ steps: 0 })
     expect((await op.get()).owner).toBe('alice')
-  })
-
-  it('runs the documented example (examples/client/main.ts) against the README app', async () => {
-    const app = await buildApp(':memory:')
-    try {
-      const base = await app.listen({ port: 0, host: '127.0.0.1' })
-      const { stdout } = await promisify(execFile)(
-        process.execPath,
-        ['--conditions=longrun-source', '--import', 'tsx', 'examples/client/main.ts'],
-        { cwd: new URL('..', import.meta.url), env: { ...process.env, LONGRUN_URL: base }, timeout: 20_000 },
-      )
-      expect(stdout).toContain('progress:')
-      expect(stdout).toMatch(/result: \{\s+customer: 'ACME'/)
-    } finally {
-      await app.close()
-    }
   })
 
   it('bundles small, with no Node built-ins', async () => {

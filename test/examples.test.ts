@@ -94,23 +94,38 @@ describe('the real-time example (examples/realtime, docs/realtime.md)', () => {
   }, 30_000)
 })
 
-describe("the Azure poller example (examples/azure, docs/protocol.md's 'Using longrun from standard clients')", () => {
+/**
+ * Runs a client example (`examples/<name>/main.ts`, as its docs say) against the README's app on
+ * a temp SQLite file, and answers what it printed.
+ */
+async function runAgainstReadmeApp(example: string, dir: string): Promise<string> {
+  const app = await buildApp(join(dir, `${example}.db`))
+  try {
+    const base = await app.listen({ port: 0, host: '127.0.0.1' })
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ['--conditions=longrun-source', '--import', 'tsx', `examples/${example}/main.ts`],
+      { cwd: new URL('..', import.meta.url), env: { ...process.env, LONGRUN_URL: base }, timeout: 20_000 },
+    )
+    return stdout
+  } finally {
+    await app.close()
+  }
+}
+
+describe('the client examples, against the README app', () => {
   const dir = mkdtempSync(join(tmpdir(), 'longrun-example-'))
   afterAll(() => rmSync(dir, { recursive: true, force: true }))
 
-  it("gets the README example's report with @azure/core-lro's poller, run as its docs say", async () => {
-    const app = await buildApp(join(dir, 'reports.db'))
-    try {
-      const base = await app.listen({ port: 0, host: '127.0.0.1' })
-      const { stdout } = await promisify(execFile)(
-        process.execPath,
-        ['--conditions=longrun-source', '--import', 'tsx', 'examples/azure/main.ts'],
-        { cwd: new URL('..', import.meta.url), env: { ...process.env, LONGRUN_URL: base }, timeout: 20_000 },
-      )
-      expect(stdout).toContain('status: running')
-      expect(stdout).toMatch(/result: \{\s+customer: 'ACME',\s+url: '\/files\/.+\.pdf'\s+\}/)
-    } finally {
-      await app.close()
-    }
+  it("gets the report with @azure/core-lro's poller (examples/azure, docs/protocol.md's 'Using longrun from standard clients')", async () => {
+    const stdout = await runAgainstReadmeApp('azure', dir)
+    expect(stdout).toContain('status: running')
+    expect(stdout).toMatch(/result: \{\s+customer: 'ACME',\s+url: '\/files\/.+\.pdf'\s+\}/)
+  }, 30_000)
+
+  it('gets the report with longrun/client, showing progress (examples/client, docs/client.md)', async () => {
+    const stdout = await runAgainstReadmeApp('client', dir)
+    expect(stdout).toContain('progress:')
+    expect(stdout).toMatch(/result: \{\s+customer: 'ACME'/)
   }, 30_000)
 })
