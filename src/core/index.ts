@@ -20,10 +20,12 @@ export {
 export type { Logger } from './logger.js'
 export { allows, canCancel, canDelete, canRetry, isTerminal, OPERATION_STATES, TRANSITIONS } from './operation.js'
 export type { Action } from './operation.js'
-export { hasEventFeed, hasEventLog, hasOutbox, isQueryable } from './store.js'
+export { hasEventFeed, hasEventLog, hasOutbox, isExclusive, isQueryable, isTrimmable } from './store.js'
+export { OPERATORS, parseCondition, QUERY_FIELDS } from './query.js'
+export type { Condition, ConditionValue, FieldType, Operator, QueryField } from './query.js'
 export type {
-  Condition,
   DeliveryAttempt,
+  Exclusive,
   EventFeed,
   EventLog,
   FeedEntry,
@@ -31,8 +33,11 @@ export type {
   FeedQuery,
   Outbox,
   OutboxMessage,
+  KeepCounts,
   Queryable,
+  QuerySort,
   Store,
   StoreNotice,
+  Trimmable,
 } from './store.js'
 export * from './types.js'

@@ -17,6 +17,8 @@ import type {
   StatsQuery,
   StatsRow,
 } from './types.js'
+import type { Condition } from './query.js'
+import type { TerminalState } from './operation.js'
 
 /**
  * A change another process made to a shared store, for stores that can tell (e.g. PostgreSQL's
@@ -184,20 +186,51 @@ export function hasOutbox(store: Store): store is Store & Outbox {
   return typeof (store as Partial<Outbox>).claimMessages === 'function'
 }
 
-/** One condition of a query over operations, e.g. `{ field: 'input.customer', op: 'like', value: 'acme*' }`. */
-export interface Condition {
-  /** A field of the operation, or `input.` and a path into its input. */
-  field: string
-  op: 'eq' | 'ne' | 'gt' | 'lt' | 'ge' | 'le' | 'like' | 'notlike'
-  value: string | number | boolean | null
-}
+/** Where a query starts, and in which order: newest first (the default) or oldest first. */
+export type QuerySort = 'newest' | 'oldest'
 
-/** A store that filters operations by conditions itself, rather than the caller loading them all. */
+/**
+ * A store that filters operations by conditions itself (SQL, not loading them all), with the
+ * semantics documented on `QUERY_FIELDS`. Conditions are AND-joined; `readable` scopes them exactly
+ * as it does `list`, so that what a caller cannot read never matches and is never counted.
+ */
 export interface Queryable {
-  /** Like `list`, keeping only operations that meet every condition. */
-  query(query: ListQuery & { where: Condition[] }): Promise<Page>
+  /** Like `list`, keeping only operations that meet every condition, in `sort` order. */
+  query(query: ListQuery & { where: Condition[]; sort?: QuerySort }): Promise<Page>
+  /** Like `stats`, counting only operations that meet every condition. */
+  queryStats(query: StatsQuery & { where: Condition[] }): Promise<StatsRow[]>
 }
 
 export function isQueryable(store: Store): store is Store & Queryable {
   return typeof (store as Partial<Queryable>).query === 'function'
+}
+
+/** How many finished operations of each terminal state to keep per owner (anonymous ones are one owner). */
+export type KeepCounts = Partial<Record<TerminalState, number>>
+
+/** A store that removes the oldest finished operations beyond a count per owner and state. */
+export interface Trimmable {
+  /**
+   * For each state in `keep`, removes (with their history and idempotency keys) the finished
+   * operations of each owner beyond the newest `keep[state]` by `completedAt`, oldest first, at
+   * most `limit` in all; returns how many.
+   */
+  trim(keep: KeepCounts, limit: number): Promise<number>
+}
+
+export function isTrimmable(store: Store): store is Store & Trimmable {
+  return typeof (store as Partial<Trimmable>).trim === 'function'
+}
+
+/** A store shared by several processes that can let one of them at a time do a chore. */
+export interface Exclusive {
+  /**
+   * Runs `task` while holding the lock `name` across every process on the store; `undefined`
+   * without running it when another holds it.
+   */
+  exclusively<T>(name: string, task: () => Promise<T>): Promise<{ value: T } | undefined>
+}
+
+export function isExclusive(store: Store): store is Store & Exclusive {
+  return typeof (store as Partial<Exclusive>).exclusively === 'function'
 }
