@@ -27,18 +27,18 @@ export default tseslint.config(
   },
   boundary(
     ['src/core/**/*.ts'],
-    [...FRAMEWORKS, ...DRIVERS, 'node:http', 'http', '**/http/**', '**/stores/**', '**/testing/**'],
+    [...FRAMEWORKS, ...DRIVERS, 'node:http', 'http', '**/http/**', '**/stores/**', '**/testing/**', '**/cli/**'],
     'The core knows no HTTP framework, driver, HTTP layer or store.',
   ),
   boundary(
     ['src/http/*.ts'],
-    [...FRAMEWORKS, ...DRIVERS, '**/adapters/**', '**/stores/**'],
+    [...FRAMEWORKS, ...DRIVERS, '**/adapters/**', '**/stores/**', '**/cli/**'],
     'Neutral HTTP files import no framework, adapter, driver or store: that is what adapters/ is for.',
   ),
-  boundary(['src/stores/**/*.ts'], [...FRAMEWORKS, '**/http/**'], 'Stores know nothing of HTTP.'),
+  boundary(['src/stores/**/*.ts'], [...FRAMEWORKS, '**/http/**', '**/cli/**'], 'Stores know nothing of HTTP.'),
   boundary(
     ['src/client/**/*.ts'],
-    [...FRAMEWORKS, ...DRIVERS, 'node:*', '**/core/**', '**/http/**', '**/stores/**', '**/testing/**'],
+    [...FRAMEWORKS, ...DRIVERS, 'node:*', '**/core/**', '**/http/**', '**/stores/**', '**/testing/**', '**/cli/**'],
     'The client runs in browsers: fetch and web APIs only, no Node built-ins, and no server code (`import type` only).',
     true,
   ),

@@ -12,7 +12,7 @@ export function envInt(name: string, fallback: number): number {
 }
 
 /** The store a `BENCH_STORE` names (`memory`, `sqlite:<path>`), opened as the demo opens it. */
-export { openStore } from '../../examples/demo/store.js'
+export { openStore } from 'longrun/cli'
 
 /** Nearest-rank percentile of an ascending array. */
 export function percentile(sorted: number[], p: number): number {

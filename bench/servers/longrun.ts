@@ -6,7 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import { longrun } from 'longrun/fastify'
-import { openStore } from '../../examples/demo/store.js'
+import { openStore } from 'longrun/cli'
 import { addStateRoute, serve, type Counters } from './common.js'
 
 const counters: Counters = { accepted: 0, done: 0 }

@@ -92,6 +92,25 @@ export interface ListQuery {
   name?: string
   limit?: number
   cursor?: string
+  /** @default 'newest' */
+  sort?: 'newest' | 'oldest'
+}
+
+/** An operator of a query (docs/query.md), in either case. */
+export type QueryOperator = 'eq' | 'ne' | 'gt' | 'lt' | 'ge' | 'le' | 'like' | 'notlike'
+
+/**
+ * Conditions a query's operations all meet, by field: `{ state: { op: 'eq', value: 'failed' },
+ * 'input.customer': { op: 'like', value: 'acme*' } }` (docs/query.md lists the fields).
+ */
+export type Where = Record<
+  string,
+  { op: QueryOperator | Uppercase<QueryOperator>; value: string | number | boolean | null }
+>
+
+export interface ListPage {
+  items: Operation[]
+  nextCursor: string | null
 }
 
 export type Stats = Awaited<ReturnType<OperationAccess['stats']>>
@@ -104,10 +123,13 @@ export interface Client<R extends Routes> {
   ): Promise<OperationHandle<ResultOf<RouteMap<R>[U]>>>
   /** Re-attaches to an existing operation. */
   operation<Result = unknown>(id: string): OperationHandle<Result>
-  list(
-    query?: ListQuery,
+  list(query?: ListQuery, options?: { signal?: AbortSignal }): Promise<ListPage>
+  /** The operations meeting every condition of `where` that the caller may read, a page at a time. */
+  query(
+    where: Where,
+    page?: Pick<ListQuery, 'limit' | 'cursor' | 'sort'>,
     options?: { signal?: AbortSignal },
-  ): Promise<{ items: Operation[]; nextCursor: string | null }>
+  ): Promise<ListPage>
   stats(options?: { signal?: AbortSignal }): Promise<Stats>
 }
 
@@ -277,12 +299,27 @@ export function createClient<R extends Routes = Untyped>(options: ClientOptions)
       }
     },
     operation: (id) => handle(`${operations}/${encodeURIComponent(id)}`),
-    list(query = {}, o = {}) {
-      const params = new URLSearchParams()
-      for (const [name, value] of Object.entries(query)) if (value !== undefined) params.set(name, String(value))
-      const search = params.size ? `?${params}` : ''
-      return json('GET', operations + search, o.signal)
+    list: (query = {}, o = {}) => json('GET', operations + search(query), o.signal),
+    async query(where, page = {}, o = {}) {
+      const headers = await headersFor()
+      headers.set('content-type', 'application/json')
+      const response = await doFetch(`${operations}/query${search(page)}`, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify(where),
+        signal: o.signal ?? null,
+      })
+      if (!response.ok) throw await errorFrom(response)
+      return (await response.json()) as ListPage
     },
     stats: (o = {}) => json('GET', `${operations}/stats`, o.signal),
   }
+}
+
+/** `?name=value&...` of the members that are set, or nothing. */
+function search(query: object): string {
+  const params = new URLSearchParams()
+  for (const [name, value] of Object.entries(query as Record<string, unknown>))
+    if (value !== undefined) params.set(name, String(value))
+  return params.size ? `?${params}` : ''
 }
