@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
@@ -75,15 +75,20 @@ function daemon(args: string[], env: Record<string, string> = {}): Daemon {
   return handle
 }
 
-async function serve(store: string, extra: string[] = []): Promise<{ server: string; daemon: Daemon }> {
+async function serve(
+  store: string,
+  extra: string[] = [],
+  module = MODULE,
+  probe = '/operations/stats',
+): Promise<{ server: string; daemon: Daemon }> {
   const port = await freePort()
   const server = `http://127.0.0.1:${port}`
-  const d = daemon(['serve', MODULE, '--store', store, '--port', String(port), ...extra])
+  const d = daemon(['serve', module, '--store', store, '--port', String(port), ...extra])
   await until(
     async () => {
       if (d.child.exitCode !== null) throw new Error(`serve exited: ${d.output()}`)
       try {
-        return (await fetch(`${server}/operations/stats`)).status === 200
+        return (await fetch(`${server}${probe}`)).status === 200
       } catch {
         return false
       }
@@ -256,6 +261,82 @@ describe('longrun, the command, against `longrun serve` on SQLite', () => {
     )
     expect((await cli(['--help'])).code).toBe(0)
   })
+})
+
+describe("the README's quick start with the longrun command, against the demo module", () => {
+  it('runs as written, with npx resolving to this checkout', async () => {
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+    const block = /<!-- quick-start-cli[^>]*-->\s*```sh\n([\s\S]*?)```/.exec(readme)?.[1]
+    expect(block, 'README.md has the quick-start-cli block').toBeDefined()
+    const dir = tempDir('longrun-cli-readme-')
+    try {
+      const { server } = await serve(`sqlite:${join(dir.path, 'demo.db')}`, [], 'examples/demo/module.ts', '/')
+      // `npx longrun` in this checkout runs the package's own bin; here, its sources.
+      const bin = join(dir.path, 'bin')
+      mkdirSync(bin)
+      writeFileSync(
+        join(bin, 'npx'),
+        `#!/bin/sh\n[ "$1" = longrun ] && shift\nexec "${process.execPath}" ${CLI.join(' ')} "$@"\n`,
+        { mode: 0o755 },
+      )
+      const run = await new Promise<Run>((resolve, reject) => {
+        const child = spawn('bash', ['-euo', 'pipefail', '-c', block!], {
+          cwd: ROOT,
+          env: cleanEnv({ LONGRUN_SERVER: server, PATH: `${bin}:${process.env.PATH}` }),
+        })
+        let stdout = ''
+        let stderr = ''
+        child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')))
+        child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')))
+        child.once('error', reject)
+        child.once('close', (code) => resolve({ code, stdout, stderr }))
+      })
+      expect(run.code, run.stderr).toBe(0)
+      expect(run.stdout).toContain('"message": "Sample task completed"')
+      expect(run.stdout).toContain('"processed": 3')
+      expect(run.stdout).toMatch(/demo\.batch +│ succeeded/)
+      expect(run.stderr).toMatch(/ succeeded 100% Completed: Processed 3 items/)
+    } finally {
+      dir.remove()
+    }
+  }, 90_000)
+})
+
+describe('longrun watch on a terminal', () => {
+  it('draws a live progress bar with percent, step, elapsed and time left', async () => {
+    const dir = tempDir('longrun-cli-tty-')
+    try {
+      const { server } = await serve(`sqlite:${join(dir.path, 'tty.db')}`)
+      const id = (
+        await longrun(['submit', '/jobs/steps', '--data', '{"steps":4,"delayMs":400}'], { LONGRUN_SERVER: server })
+      ).stdout.trim()
+      // `script` gives the command a pseudo-terminal, as a user's shell would.
+      const command = [process.execPath, ...CLI, 'watch', id].join(' ')
+      const run = await new Promise<Run>((resolve, reject) => {
+        const child = spawn('script', ['-qec', command, '/dev/null'], {
+          cwd: ROOT,
+          env: cleanEnv({ LONGRUN_SERVER: server }),
+        })
+        let stdout = ''
+        child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')))
+        child.once('error', reject)
+        child.once('close', (code) => resolve({ code, stdout, stderr: '' }))
+      })
+      expect(run.code).toBe(0)
+      const frames = run.stdout
+        .replaceAll('\u001b[1G', '\r')
+        .split('\r')
+        .filter((frame) => frame.includes('% |'))
+      expect(
+        frames.some((frame) =>
+          /[█░]{10,} \d{1,2}% \| running step \d: of 4 \| \d+s elapsed \| (\?|\d+s) left/.test(frame),
+        ),
+      ).toBe(true)
+      expect(frames.at(-1)).toMatch(/█{40} 100% \| succeeded done \| \d+s elapsed/)
+    } finally {
+      dir.remove()
+    }
+  }, 60_000)
 })
 
 describe('longrun, the command, without a server', () => {

@@ -159,6 +159,16 @@ describe('the client', () => {
     await expect(client.operation('nope').result()).rejects.toBeInstanceOf(NotFoundError)
     const slow = await client.submit('/jobs', { outcome: 'hang' })
     await expect(slow.wait({ timeout: 200 })).rejects.toBeInstanceOf(WaitTimeoutError)
+
+    const found = await client.query({
+      state: { op: 'EQ', value: 'failed' },
+      'input.outcome': { op: 'like', value: 'f*' },
+    })
+    expect(found.items.map((o) => o.id)).toEqual([failed.id])
+    const oldest = await client.query({ name: { op: 'eq', value: 'job' } }, { sort: 'oldest', limit: 1 })
+    expect(oldest.items.map((o) => o.id)).toEqual([failed.id])
+    expect(oldest.nextCursor).toEqual(expect.any(String))
+    await expect(client.query({ nope: { op: 'eq', value: 1 } })).rejects.toMatchObject({ code: 'invalid-condition' })
   })
 
   it('resumes a dropped event stream with no gap and no duplicate', async () => {

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -6,6 +6,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { freePort } from './helpers/child-server.js'
+import { until } from './helpers/until.js'
 
 // The package as a user gets it: `npm pack` (which builds dist/), the tarball installed into a fresh
 // project, that project's TypeScript compiled and run with plain `node`: no source paths, no
@@ -78,6 +80,20 @@ const CONSUMER: Record<string, string> = {
     import { postgresStore } from 'longrun/postgres'
 
     export const store = postgresStore({ connectionString: process.env.DATABASE_URL, schema: 'longrun', max: 4 })
+  `,
+  // What `longrun serve` and `longrun worker` run: plain JavaScript, as a user without tsx writes it.
+  'routes.js': `
+    import { defineAsyncRoute } from 'longrun/http'
+
+    export const routes = [
+      defineAsyncRoute({
+        url: '/cubes',
+        name: 'cube',
+        async handler(op) {
+          return { cube: op.input.n ** 3 }
+        },
+      }),
+    ]
   `,
   'src/main.ts': `
     import type { AddressInfo } from 'node:net'
@@ -191,6 +207,31 @@ describe('the packed package, installed into a new project', () => {
       resolved: expect.stringMatching(/\/node_modules\/longrun\/dist\/http\/adapters\/fastify\/index\.js$/),
     })
   }, 120_000)
+
+  it('has the longrun bin: serve a routes module on SQLite, then submit --wait to it', async () => {
+    const bin = join(consumer, 'node_modules/.bin/longrun')
+    expect((await run(bin, ['--version'], consumer)).stdout.trim()).toBe(
+      (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version,
+    )
+    const port = await freePort()
+    const server = spawn(
+      bin,
+      ['serve', 'routes.js', '--store', `sqlite:${join(dir, 'cli.db')}`, '--port', String(port)],
+      {
+        cwd: consumer,
+        env: { ...env, LOG_LEVEL: 'warn' },
+        stdio: 'ignore',
+      },
+    )
+    try {
+      const submit = () =>
+        run(bin, ['submit', '/cubes', '--data', '{"n":3}', '--wait', '-s', `http://127.0.0.1:${port}`], consumer)
+      const { stdout } = await until(() => submit().catch(() => undefined), 30_000, { interval: 200 })
+      expect(JSON.parse(stdout)).toEqual({ cube: 27 })
+    } finally {
+      server.kill('SIGTERM')
+    }
+  }, 60_000)
 
   it('type-checks the same app under node16 and bundler resolution', async () => {
     const check = (module: string, resolution: string) =>

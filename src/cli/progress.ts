@@ -1,5 +1,8 @@
-import { Presets, SingleBar } from 'cli-progress'
+import cliProgress from 'cli-progress'
 import type { Operation } from '../client/index.js'
+
+// A CommonJS module whose `Format` Node cannot see as a named export.
+const { Format, Presets, SingleBar } = cliProgress
 
 /** Shows an operation's progress as it changes: a live bar on a terminal, a line per change elsewhere. */
 export interface ProgressView {
@@ -23,6 +26,8 @@ export function progressView(stream: NodeJS.WriteStream): ProgressView {
         hideCursor: true,
         etaBuffer: 20,
         etaAsynchronousUpdate: true,
+        // Before two percentages there is no pace to estimate from: '?' rather than NULL or INF.
+        formatTime: (t, options, roundTo) => (Number.isFinite(t) ? Format.TimeFormat(t, options, roundTo) : '?'),
       },
       Presets.shades_classic,
     )

@@ -28,7 +28,7 @@ export interface RoutesModule {
 
 /** Imports a routes module by path (relative to the working directory) and checks its shape. */
 export async function loadRoutesModule(path: string): Promise<RoutesModule> {
-  const loaded = (await import(pathToFileURL(resolve(path)).href)) as Record<string, unknown>
+  const loaded = await importModule(pathToFileURL(resolve(path)).href)
   const candidate = (loaded.routes !== undefined ? loaded : loaded.default) as unknown
   const module = (Array.isArray(candidate) ? { routes: candidate } : candidate) as Partial<RoutesModule> | undefined
   const routes = module?.routes
@@ -45,6 +45,27 @@ export async function loadRoutesModule(path: string): Promise<RoutesModule> {
     throw new Error(`${path}: setup must be a function of the Fastify app`)
   }
   return module as RoutesModule
+}
+
+/**
+ * Imports a module; a TypeScript one that Node cannot load by itself goes through tsx when the app
+ * has it installed (an optional peer: only `.ts` route modules need it).
+ */
+async function importModule(url: string): Promise<Record<string, unknown>> {
+  try {
+    return (await import(url)) as Record<string, unknown>
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_UNKNOWN_FILE_EXTENSION' || !/\.[cm]?ts$/.test(url)) throw err
+    let tsx: { register(): unknown }
+    try {
+      tsx = (await import('tsx/esm/api')) as { register(): unknown }
+    } catch {
+      throw new Error(`${url} is TypeScript: install tsx (npm install -D tsx), or give a .js module`, { cause: err })
+    }
+    tsx.register()
+    // Another URL: Node remembers the failed import of the first one.
+    return (await import(`${url}?tsx`)) as Record<string, unknown>
+  }
 }
 
 export interface ServerOptions extends Omit<LongrunPluginOptions, 'store'> {
