@@ -15,6 +15,8 @@ import { OPERATION_STATES } from './operation.js'
  *   (`%` and `_` too) itself; ASCII letters match either case, other characters exactly.
  * - `ne`, `notlike` and `notin` are exact complements of `eq`, `like` and `in`: they also match
  *   fields without a value and values of another type.
+ * - An input value that is a JSON object or array is a type of its own: never `null`, never
+ *   matched by `eq`, an ordering or `like`; so only `ne` and `notlike` match it.
  */
 export const QUERY_FIELDS = {
   id: 'string',

@@ -195,7 +195,7 @@ export type QuerySort = 'newest' | 'oldest'
  * as it does `list`, so that what a caller cannot read never matches and is never counted.
  */
 export interface Queryable {
-  /** Like `list`, keeping only operations that meet every condition, in `sort` order. */
+  /** Like `list`, keeping only operations that meet every condition, in `sort` order (a cursor holds for the sort that gave it). */
   query(query: ListQuery & { where: Condition[]; sort?: QuerySort }): Promise<Page>
   /** Like `stats`, counting only operations that meet every condition. */
   queryStats(query: StatsQuery & { where: Condition[] }): Promise<StatsRow[]>
@@ -212,8 +212,9 @@ export type KeepCounts = Partial<Record<TerminalState, number>>
 export interface Trimmable {
   /**
    * For each state in `keep`, removes (with their history and idempotency keys) the finished
-   * operations of each owner beyond the newest `keep[state]` by `completedAt`, oldest first, at
-   * most `limit` in all; returns how many.
+   * operations of each owner beyond the newest `keep[state]` by `completedAt` (ties: the later
+   * submitted is the newer), oldest first, at most `limit` in all; returns how many. `Infinity`
+   * keeps all; a negative count is an `invalid-option`.
    */
   trim(keep: KeepCounts, limit: number): Promise<number>
 }

@@ -1,19 +1,35 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { LongrunError } from '../core/errors.js'
-import { allows, OPERATION_STATES, TRANSITIONS, type Action, type OperationState } from '../core/operation.js'
+import {
+  allows,
+  OPERATION_STATES,
+  TRANSITIONS,
+  type Action,
+  type OperationState,
+  type TerminalState,
+} from '../core/operation.js'
+import type { Condition, ConditionValue } from '../core/query.js'
 import {
   hasEventFeed,
   hasEventLog,
+  isExclusive,
+  isQueryable,
+  isTrimmable,
   type EventFeed,
   type EventLog,
+  type Exclusive,
   type FeedEntry,
   type FeedQuery,
+  type Queryable,
+  type QuerySort,
   type Store,
+  type Trimmable,
 } from '../core/store.js'
 import type {
   HistoryEntry,
   IdempotencyKey,
   Lease,
+  ListQuery,
   NewOperation,
   Operation,
   OperationError,
@@ -69,6 +85,16 @@ const ids = (ops: { id: string }[]) => ops.map((op) => op.id)
 /** History entries without their `seq`, which stores number as they like as long as it increases. */
 const unnumbered = (entries: HistoryEntry[]) => entries.map(({ seq: _seq, ...entry }) => entry)
 
+/** What `promise` rejects with; fails when it resolves. */
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise
+  } catch (err) {
+    return err
+  }
+  throw new Error('expected a rejection')
+}
+
 function expectIncreasing(entries: HistoryEntry[]): void {
   for (let i = 1; i < entries.length; i++) expect(entries[i]!.seq).toBeGreaterThan(entries[i - 1]!.seq)
 }
@@ -77,7 +103,8 @@ function expectIncreasing(entries: HistoryEntry[]): void {
  * The conformance suite every `Store` must pass, for a bundled store or anyone else's: call it from
  * a vitest test file with a function that opens a fresh, empty store. Compare-and-set semantics are
  * checked through the public interface only, with plain numbers for `now`, so the suite never
- * sleeps. The cases of an optional capability (`EventLog`) run only on stores that have it.
+ * sleeps. The cases of an optional capability (`EventLog`, `Queryable`, `Trimmable`, `Exclusive`) run
+ * only on stores that have it.
  *
  * List cursors: a store answers a cursor it never issued (`'NaN'`, `'abc'`, `'-1'`, `'1.5'`) with an
  * empty page and no `nextCursor`, rather than an error or the first page.
@@ -1180,6 +1207,652 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const kept = await store.insert(newOp())
         expect(await store.delete(gone.id)).toBe(true)
         expect((await readAll(start)).entries.map((e) => e.operationId)).toEqual([kept.id])
+      })
+    })
+
+    describe('query', () => {
+      let q: Store & Queryable
+
+      beforeEach(({ skip }) => {
+        if (!isQueryable(store)) skip()
+        q = store as Store & Queryable
+      })
+
+      const ALL = ['qa', 'qb', 'qc', 'qd', 'qe']
+      const but = (...left: string[]) => ALL.filter((id) => !left.includes(id))
+
+      /** The ids of the operations meeting `where`, sorted: which ones match, not in which order. */
+      const matching = async (where: Condition[], query: Omit<ListQuery, 'limit'> = {}) =>
+        ids((await q.query({ limit: 1_000, ...query, where })).items).sort()
+
+      type Case = [field: string, op: string, value: ConditionValue | string[], expected: string[]]
+
+      /** Every case that answers other ids than expected, so that a failure shows them all. */
+      async function wrongCases(cases: Case[]): Promise<unknown[]> {
+        const wrong = []
+        for (const [field, op, value, expected] of cases) {
+          const found = await matching([{ field, op, value } as Condition])
+          if (JSON.stringify(found) !== JSON.stringify([...expected].sort()))
+            wrong.push({ field, op, value, expected, found })
+        }
+        return wrong
+      }
+
+      /**
+       * Five operations, one value of each kind per field:
+       *
+       * |                  | qa        | qb     | qc           | qd            | qe          |
+       * | name             | alpha     | beta   | gamma        | delta         | delta       |
+       * | state            | queued    | queued | running      | failed        | succeeded   |
+       * | owner            | alice     | null   | bob          | alice         | bob         |
+       * | requestId        | req-1     | -      | -            | -             | -           |
+       * | createdAt (+T0)  | 0         | 10     | 20           | 40            | 70          |
+       * | startedAt        | -         | -      | 30           | 50            | 80          |
+       * | completedAt      | -         | -      | -            | 60            | 90          |
+       * | expiresAt        | -         | -      | -            | RETAIN        | RETAIN + 1  |
+       * | cancelable       | true      | false  | true         | true          | true        |
+       * | cancelRequested  | false     | false  | true         | false         | false       |
+       * | attempt          | 0         | 0      | 1            | 1             | 1           |
+       * | maxAttempts      | 1         | 3      | 2            | 1             | 1           |
+       * | timeout          | 1000      | null   | 60000        | 60000         | 60000       |
+       * | progress         | 0         | 0      | 40, 'Upload' | 100, 'done'   | 0           |
+       * | error.code       | -         | -      | -            | handler-error | -           |
+       */
+      async function fixture(): Promise<void> {
+        const input = {
+          qa: {
+            customer: 'Acme Corp',
+            count: 5,
+            code: '5',
+            ratio: 0.5,
+            vip: true,
+            nested: { region: 'eu-west', level: { deep: 'x' } },
+            tags: ['a'],
+            nothing: null,
+          },
+          qb: { customer: 'acme labs', count: '5', code: 5, vip: false, nested: { region: 'us' } },
+          qc: { customer: 'Émile', count: 12, nested: 'flat' },
+          qd: { customer: 'émile', count: -1, vip: 'true' },
+          qe: 'plain',
+        }
+        await store.insert(
+          newOp({ id: 'qa', name: 'alpha', requestId: 'req-1', timeoutMs: 1_000, createdAt: T0, input: input.qa }),
+        )
+        await store.insert(
+          newOp({
+            id: 'qb',
+            name: 'beta',
+            owner: null,
+            timeoutMs: null,
+            maxAttempts: 3,
+            cancelable: false,
+            createdAt: T0 + 10,
+            input: input.qb,
+          }),
+        )
+        await store.insert(
+          newOp({ id: 'qc', name: 'gamma', owner: 'bob', maxAttempts: 2, createdAt: T0 + 20, input: input.qc }),
+        )
+        const [qc] = await store.claim('w1', [{ name: 'gamma', limit: 1 }], LEASE, T0 + 30)
+        expect(await store.progress(leaseOf(qc!), { percent: 40, step: 'Upload' }, T0 + 31)).toBe(true)
+        expect((await store.cancel('qc', T0 + 35, T0 + RETAIN, 'bob'))?.cancelRequested).toBe(true)
+        await store.insert(newOp({ id: 'qd', name: 'delta', createdAt: T0 + 40, input: input.qd }))
+        const [qd] = await store.claim('w1', [{ name: 'delta', limit: 1 }], LEASE, T0 + 50)
+        expect(await store.progress(leaseOf(qd!), { percent: 100, step: 'done' }, T0 + 51)).toBe(true)
+        await store.settle(leaseOf(qd!), { state: 'failed', error: boom, expiresAt: T0 + RETAIN }, T0 + 60)
+        await store.insert(newOp({ id: 'qe', name: 'delta', owner: 'bob', createdAt: T0 + 70, input: input.qe }))
+        const [qe] = await store.claim('w1', [{ name: 'delta', limit: 1 }], LEASE, T0 + 80)
+        await store.settle(leaseOf(qe!), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN + 1 }, T0 + 90)
+        const states = Object.fromEntries((await store.list({ limit: 10 })).items.map((op) => [op.id, op.state]))
+        expect(states).toEqual({ qa: 'queued', qb: 'queued', qc: 'running', qd: 'failed', qe: 'succeeded' })
+      }
+
+      it('compares strings, the null owner and request id, and values of another type', async () => {
+        await fixture()
+        const cases: Case[] = [
+          ['name', 'eq', 'alpha', ['qa']],
+          ['name', 'ne', 'alpha', but('qa')],
+          ['name', 'gt', 'beta', ['qc', 'qd', 'qe']],
+          ['name', 'ge', 'beta', but('qa')],
+          ['name', 'lt', 'beta', ['qa']],
+          ['name', 'le', 'beta', ['qa', 'qb']],
+          ['name', 'like', 'AL*', ['qa']],
+          ['name', 'like', 'd?lta', ['qd', 'qe']],
+          ['name', 'like', 'alph', []],
+          ['name', 'notlike', 'd*', ['qa', 'qb', 'qc']],
+          ['name', 'eq', null, []],
+          ['name', 'ne', null, ALL],
+          ['name', 'gt', null, []],
+          ['name', 'le', null, []],
+          // A value of another type never equals, and never compares.
+          ['name', 'eq', 5, []],
+          ['name', 'ne', 5, ALL],
+          ['name', 'gt', 0, []],
+          ['id', 'eq', 'qc', ['qc']],
+          ['id', 'gt', 'qc', ['qd', 'qe']],
+          ['owner', 'eq', 'alice', ['qa', 'qd']],
+          ['owner', 'ne', 'alice', ['qb', 'qc', 'qe']],
+          ['owner', 'eq', null, ['qb']],
+          ['owner', 'ne', null, but('qb')],
+          ['owner', 'gt', 'alice', ['qc', 'qe']],
+          ['owner', 'lt', 'bob', ['qa', 'qd']],
+          ['owner', 'le', 'bob', but('qb')],
+          ['owner', 'like', '*', but('qb')],
+          ['owner', 'notlike', '*', ['qb']],
+          ['owner', 'like', 'B?B', ['qc', 'qe']],
+          ['requestId', 'eq', 'req-1', ['qa']],
+          ['requestId', 'ne', 'req-1', but('qa')],
+          ['requestId', 'eq', null, but('qa')],
+          ['requestId', 'lt', 'z', ['qa']],
+          ['requestId', 'like', 'REQ-?', ['qa']],
+          ['requestId', 'notlike', 'REQ-?', but('qa')],
+          ['state', 'eq', 'running', ['qc']],
+          ['state', 'ne', 'queued', ['qc', 'qd', 'qe']],
+          ['state', 'like', '*ed', ['qa', 'qb', 'qd', 'qe']],
+          ['state', 'like', 'RUNNING', ['qc']],
+          ['state', 'notlike', 'q*', ['qc', 'qd', 'qe']],
+        ]
+        expect(await wrongCases(cases)).toEqual([])
+      })
+
+      it('compares times and numbers by value, missing ones as null', async () => {
+        await fixture()
+        const cases: Case[] = [
+          ['createdAt', 'eq', T0 + 20, ['qc']],
+          ['createdAt', 'ne', T0 + 20, but('qc')],
+          ['createdAt', 'gt', T0 + 10, ['qc', 'qd', 'qe']],
+          ['createdAt', 'ge', T0 + 10, but('qa')],
+          ['createdAt', 'lt', T0 + 10, ['qa']],
+          ['createdAt', 'le', T0 + 10, ['qa', 'qb']],
+          ['createdAt', 'gt', T0 + 9.5, but('qa')],
+          ['createdAt', 'le', T0 + 10.5, ['qa', 'qb']],
+          ['createdAt', 'eq', T0 + 0.5, []],
+          ['createdAt', 'eq', String(T0), []],
+          ['createdAt', 'ne', String(T0), ALL],
+          ['createdAt', 'gt', null, []],
+          ['startedAt', 'eq', null, ['qa', 'qb']],
+          ['startedAt', 'ne', null, ['qc', 'qd', 'qe']],
+          ['startedAt', 'gt', 0, ['qc', 'qd', 'qe']],
+          ['startedAt', 'lt', T0 + 1_000_000, ['qc', 'qd', 'qe']],
+          ['startedAt', 'ne', T0 + 30, but('qc')],
+          ['completedAt', 'ge', T0, ['qd', 'qe']],
+          ['completedAt', 'le', T0 + 60, ['qd']],
+          ['completedAt', 'ne', T0 + 60, but('qd')],
+          ['expiresAt', 'gt', T0 + RETAIN, ['qe']],
+          ['expiresAt', 'eq', null, ['qa', 'qb', 'qc']],
+          ['runAt', 'eq', T0, ['qa']],
+          ['runAt', 'lt', T0 + 40, ['qa', 'qb', 'qc']],
+          ['attempt', 'eq', 0, ['qa', 'qb']],
+          ['attempt', 'ne', 1, ['qa', 'qb']],
+          ['attempt', 'gt', 0, ['qc', 'qd', 'qe']],
+          ['attempt', 'eq', '0', []],
+          ['attempt', 'ne', '0', ALL],
+          ['attempt', 'eq', false, []],
+          ['maxAttempts', 'ge', 2, ['qb', 'qc']],
+          ['maxAttempts', 'lt', 2, ['qa', 'qd', 'qe']],
+          ['maxAttempts', 'le', 2, but('qb')],
+          ['timeout', 'eq', null, ['qb']],
+          ['timeout', 'ne', null, but('qb')],
+          ['timeout', 'gt', 1_000, ['qc', 'qd', 'qe']],
+          ['timeout', 'le', 1_000, ['qa']],
+          ['timeout', 'ne', 60_000, ['qa', 'qb']],
+          ['timeout', 'lt', 1e300, but('qb')],
+          ['progress.percent', 'eq', 40, ['qc']],
+          ['progress.percent', 'gt', 0, ['qc', 'qd']],
+          ['progress.percent', 'ge', 100, ['qd']],
+          ['progress.percent', 'lt', 50, ['qa', 'qb', 'qc', 'qe']],
+          ['progress.percent', 'eq', '40', []],
+          ['progress.percent', 'ne', '40', ALL],
+        ]
+        expect(await wrongCases(cases)).toEqual([])
+      })
+
+      it('compares booleans and the strings of the progress and the error', async () => {
+        await fixture()
+        const cases: Case[] = [
+          ['cancelable', 'eq', true, but('qb')],
+          ['cancelable', 'eq', false, ['qb']],
+          ['cancelable', 'ne', true, ['qb']],
+          ['cancelable', 'eq', 1, []],
+          ['cancelable', 'ne', 1, ALL],
+          ['cancelable', 'eq', 'true', []],
+          ['cancelable', 'eq', null, []],
+          ['cancelable', 'ne', null, ALL],
+          ['cancelRequested', 'eq', true, ['qc']],
+          ['cancelRequested', 'ne', false, ['qc']],
+          ['progress.step', 'eq', 'Upload', ['qc']],
+          ['progress.step', 'ne', 'Upload', but('qc')],
+          ['progress.step', 'eq', null, ['qa', 'qb', 'qe']],
+          ['progress.step', 'like', 'up*', ['qc']],
+          ['progress.step', 'notlike', 'up*', but('qc')],
+          // By code point: 'U' (U+0055) sorts before 'a', whatever the database's collation says.
+          ['progress.step', 'lt', 'a', ['qc']],
+          ['progress.step', 'gt', 'a', ['qd']],
+          ['error.code', 'eq', 'handler-error', ['qd']],
+          ['error.code', 'ne', 'handler-error', but('qd')],
+          ['error.code', 'eq', null, but('qd')],
+          ['error.code', 'ge', 'handler-error', ['qd']],
+          ['error.code', 'like', '*-ERROR', ['qd']],
+          ['error.code', 'notlike', '*-error', but('qd')],
+        ]
+        expect(await wrongCases(cases)).toEqual([])
+      })
+
+      it('reaches into the input by path, by JSON type, missing and null paths as null', async () => {
+        await fixture()
+        const cases: Case[] = [
+          ['input.customer', 'eq', 'Acme Corp', ['qa']],
+          ['input.customer', 'eq', null, ['qe']],
+          ['input.customer', 'like', 'acme*', ['qa', 'qb']],
+          ['input.customer', 'like', 'ACME ?ORP', ['qa']],
+          ['input.customer', 'like', '?mile', ['qc', 'qd']],
+          ['input.customer', 'notlike', 'acme*', ['qc', 'qd', 'qe']],
+          // The number 5 and the string "5" are different values.
+          ['input.count', 'eq', 5, ['qa']],
+          ['input.count', 'eq', '5', ['qb']],
+          ['input.count', 'ne', 5, but('qa')],
+          ['input.count', 'gt', 4, ['qa', 'qc']],
+          ['input.count', 'ge', 5, ['qa', 'qc']],
+          ['input.count', 'lt', 0, ['qd']],
+          ['input.count', 'le', 5, ['qa', 'qd']],
+          ['input.count', 'gt', '4', ['qb']],
+          ['input.count', 'lt', '6', ['qb']],
+          ['input.count', 'like', '5', ['qb']],
+          ['input.count', 'like', '*', ['qb']],
+          ['input.count', 'notlike', '*', but('qb')],
+          ['input.code', 'eq', '5', ['qa']],
+          ['input.code', 'eq', 5, ['qb']],
+          ['input.ratio', 'eq', 0.5, ['qa']],
+          ['input.ratio', 'lt', 1, ['qa']],
+          // false < true; neither equals 1 or "true".
+          ['input.vip', 'eq', true, ['qa']],
+          ['input.vip', 'eq', false, ['qb']],
+          ['input.vip', 'eq', 'true', ['qd']],
+          ['input.vip', 'eq', 1, []],
+          ['input.vip', 'gt', 0, []],
+          ['input.vip', 'ne', true, but('qa')],
+          ['input.vip', 'gt', false, ['qa']],
+          ['input.vip', 'ge', false, ['qa', 'qb']],
+          ['input.vip', 'lt', true, ['qb']],
+          ['input.vip', 'le', false, ['qb']],
+          ['input.vip', 'lt', false, []],
+          ['input.nothing', 'eq', null, ALL],
+          ['input.nothing', 'ne', null, []],
+          ['input.missing', 'eq', null, ALL],
+          ['input.missing', 'ne', 'x', ALL],
+          ['input.missing', 'gt', 0, []],
+          ['input.missing', 'like', '*', []],
+          ['input.missing', 'notlike', '*', ALL],
+          ['input.nested.region', 'eq', 'eu-west', ['qa']],
+          ['input.nested.region', 'like', '*', ['qa', 'qb']],
+          ['input.nested.region', 'eq', null, ['qc', 'qd', 'qe']],
+          ['input.nested.level.deep', 'eq', 'x', ['qa']],
+          ['input.nested.level.deep.deeper', 'eq', null, ALL],
+          // Objects and arrays are values of their own type: never a string, never null.
+          ['input.nested', 'eq', 'flat', ['qc']],
+          ['input.nested', 'ne', 'flat', but('qc')],
+          ['input.nested', 'eq', null, ['qd', 'qe']],
+          ['input.nested', 'like', '*', ['qc']],
+          ['input.nested', 'gt', '', ['qc']],
+          ['input.tags', 'eq', null, but('qa')],
+          ['input.tags', 'gt', '', []],
+          ['input.tags', 'like', '*', []],
+          ['input.tags.length', 'eq', null, ALL],
+          ['input.customer.length', 'eq', null, ALL],
+          ['input.length', 'eq', null, ALL],
+        ]
+        expect(await wrongCases(cases)).toEqual([])
+      })
+
+      it('matches like patterns: * and ? as wildcards, % _ and \\ as themselves, ASCII letters in either case', async () => {
+        const texts: Record<string, string> = {
+          pct: '100%',
+          pcx: '100x',
+          und: 'a_b',
+          anb: 'axb',
+          bsl: 'back\\slash',
+          bsx: 'backXslash',
+          upE: 'ÉCOLE',
+          loE: 'école',
+          asc: 'Ecole',
+          nl: 'a\nb',
+          eur: 'a€b',
+          emo: 'a😀b',
+          star: 'a*b',
+        }
+        for (const [id, text] of Object.entries(texts)) await store.insert(newOp({ id, input: { text } }))
+        const every = Object.keys(texts)
+        const ab = ['und', 'anb', 'nl', 'eur', 'emo', 'star']
+        const patterns: [string, string[]][] = [
+          ['100%', ['pct']],
+          ['100?', ['pct', 'pcx']],
+          ['100*', ['pct', 'pcx']],
+          ['*%', ['pct']],
+          ['%', []],
+          ['_', []],
+          ['*_*', ['und']],
+          ['a_b', ['und']],
+          ['A_B', ['und']],
+          ['a?b', ab],
+          ['A?B', ab],
+          ['a??b', []],
+          ['a*', ab],
+          ['back\\slash', ['bsl']],
+          ['*\\*', ['bsl']],
+          ['back?slash', ['bsl', 'bsx']],
+          ['école', ['loE']],
+          ['ÉCOLE', ['upE']],
+          ['ecole', ['asc']],
+          ['ECOLE', ['asc']],
+          ['?cole', ['upE', 'loE', 'asc']],
+          ['*', every],
+          ['', []],
+        ]
+        const wrong = []
+        for (const [pattern, expected] of patterns) {
+          for (const op of ['like', 'notlike'] as const) {
+            const want = op === 'like' ? expected : every.filter((id) => !expected.includes(id))
+            const found = await matching([{ field: 'input.text', op, value: pattern }])
+            if (JSON.stringify(found) !== JSON.stringify([...want].sort())) wrong.push({ op, pattern, want, found })
+          }
+        }
+        expect(wrong).toEqual([])
+      })
+
+      it('orders strings by code point', async () => {
+        // By code point: 'B' < 'a' < 'é' < U+E000 < U+1F600 (UTF-16 code units put the last two the other way).
+        const texts: Record<string, string> = { cB: 'B', ca: 'a', ce: 'é', cp: '\uE000', cm: '😀' }
+        for (const [id, s] of Object.entries(texts)) await store.insert(newOp({ id, owner: s, input: { s } }))
+        const wrong = []
+        for (const field of ['input.s', 'owner'] as const) {
+          const cases: [string, string, string[]][] = [
+            ['gt', 'a', ['ce', 'cp', 'cm']],
+            ['lt', 'a', ['cB']],
+            ['ge', 'é', ['ce', 'cp', 'cm']],
+            ['gt', '\uE000', ['cm']],
+            ['lt', '😀', ['cB', 'ca', 'ce', 'cp']],
+            ['le', 'B', ['cB']],
+          ]
+          for (const [op, value, expected] of cases) {
+            const found = await matching([{ field, op, value } as Condition])
+            if (JSON.stringify(found) !== JSON.stringify([...expected].sort())) wrong.push({ field, op, value, found })
+          }
+        }
+        expect(wrong).toEqual([])
+      })
+
+      it('matches names in and not in a set', async () => {
+        await fixture()
+        const cases: Case[] = [
+          ['name', 'in', ['alpha', 'gamma'], ['qa', 'qc']],
+          ['name', 'in', ['delta'], ['qd', 'qe']],
+          ['name', 'in', ['ALPHA', 'nope'], []],
+          ['name', 'in', [], []],
+          ['name', 'notin', ['alpha', 'gamma'], ['qb', 'qd', 'qe']],
+          ['name', 'notin', [], ALL],
+        ]
+        expect(await wrongCases(cases)).toEqual([])
+      })
+
+      it('joins conditions with AND, and with the filters of list', async () => {
+        await fixture()
+        expect(await matching([])).toEqual(ALL)
+        expect(
+          await matching([
+            { field: 'state', op: 'eq', value: 'queued' },
+            { field: 'owner', op: 'eq', value: null },
+          ]),
+        ).toEqual(['qb'])
+        const window: Condition[] = [
+          { field: 'createdAt', op: 'ge', value: T0 + 10 },
+          { field: 'createdAt', op: 'le', value: T0 + 40 },
+        ]
+        expect(await matching(window)).toEqual(['qb', 'qc', 'qd'])
+        expect(await matching([...window, { field: 'owner', op: 'ne', value: 'bob' }])).toEqual(['qb', 'qd'])
+        expect(
+          await matching([
+            { field: 'name', op: 'eq', value: 'alpha' },
+            { field: 'name', op: 'eq', value: 'beta' },
+          ]),
+        ).toEqual([])
+        expect(
+          await matching([{ field: 'owner', op: 'eq', value: 'alice' }], { states: ['queued', 'failed'] }),
+        ).toEqual(['qa', 'qd'])
+        expect(await matching([{ field: 'state', op: 'ne', value: 'failed' }], { name: 'delta' })).toEqual(['qe'])
+        expect(await matching([], { owner: null })).toEqual(['qb'])
+        expect(await matching([{ field: 'input.count', op: 'lt', value: 0 }], { owner: 'alice' })).toEqual(['qd'])
+        expect(await matching([{ field: 'input.count', op: 'lt', value: 0 }], { owner: 'bob' })).toEqual([])
+      })
+
+      it('answers whole operations, newest first unless sorted oldest first', async () => {
+        await fixture()
+        const where: Condition[] = [{ field: 'owner', op: 'ne', value: 'bob' }]
+        const newest = await q.query({ limit: 10, where })
+        expect(ids(newest.items)).toEqual(['qd', 'qb', 'qa'])
+        expect(newest.nextCursor).toBeUndefined()
+        for (const op of newest.items) expect(op).toStrictEqual(await store.get(op.id))
+        expect(await q.query({ limit: 10, where, sort: 'newest' })).toStrictEqual(newest)
+        expect(ids((await q.query({ limit: 10, where, sort: 'oldest' })).items)).toEqual(['qa', 'qb', 'qd'])
+      })
+
+      it('never matches nor counts what the caller cannot read', async () => {
+        await fixture()
+        const readable = { owners: ['alice'], names: ['gamma'] }
+        expect(await matching([], { readable })).toEqual(['qa', 'qc', 'qd'])
+        expect(await matching([{ field: 'owner', op: 'ne', value: 'alice' }], { readable })).toEqual(['qc'])
+        expect(await matching([{ field: 'owner', op: 'eq', value: null }], { readable })).toEqual([])
+        expect(await matching([{ field: 'name', op: 'notin', value: ['alpha'] }], { readable })).toEqual(['qc', 'qd'])
+        expect(await matching([], { readable: { owners: [null], names: [] } })).toEqual(['qb'])
+        expect(await matching([], { readable: { owners: [], names: [] } })).toEqual([])
+        expect(await q.queryStats({ where: [{ field: 'owner', op: 'ne', value: 'alice' }], readable })).toEqual([
+          { name: 'gamma', state: 'running', count: 1 },
+        ])
+        expect(await q.queryStats({ where: [], readable: { owners: [], names: [] } })).toEqual([])
+      })
+
+      it('counts matching operations by name and state', async () => {
+        await fixture()
+        await store.insert(newOp({ id: 'qf', name: 'alpha', owner: 'carol', input: { count: 7 } }))
+        const sorted = (rows: Awaited<ReturnType<Store['stats']>>) =>
+          [...rows].sort((x, y) => `${x.name}/${x.state}`.localeCompare(`${y.name}/${y.state}`))
+        expect(sorted(await q.queryStats({ where: [] }))).toEqual(sorted(await store.stats({})))
+        expect(sorted(await q.queryStats({ where: [{ field: 'input.count', op: 'gt', value: 4 }] }))).toEqual([
+          { name: 'alpha', state: 'queued', count: 2 },
+          { name: 'gamma', state: 'running', count: 1 },
+        ])
+        expect(sorted(await q.queryStats({ where: [{ field: 'owner', op: 'ne', value: 'alice' }] }))).toEqual([
+          { name: 'alpha', state: 'queued', count: 1 },
+          { name: 'beta', state: 'queued', count: 1 },
+          { name: 'delta', state: 'succeeded', count: 1 },
+          { name: 'gamma', state: 'running', count: 1 },
+        ])
+        expect(await q.queryStats({ owner: 'bob', where: [{ field: 'state', op: 'ne', value: 'running' }] })).toEqual([
+          { name: 'delta', state: 'succeeded', count: 1 },
+        ])
+        expect(
+          await q.queryStats({ states: ['queued'], where: [{ field: 'cancelable', op: 'eq', value: false }] }),
+        ).toEqual([{ name: 'beta', state: 'queued', count: 1 }])
+        expect(await q.queryStats({ where: [{ field: 'name', op: 'in', value: [] }] })).toEqual([])
+      })
+
+      it('pages through the matches in either order, each cursor going on where its page ended', async () => {
+        const matches: string[] = []
+        for (let i = 0; i < 13; i++) {
+          const op = await store.insert(newOp({ input: { keep: i % 3 !== 1 } }))
+          if (i % 3 !== 1) matches.push(op.id)
+        }
+        const where: Condition[] = [{ field: 'input.keep', op: 'eq', value: true }]
+        for (const sort of ['newest', 'oldest'] as const) {
+          const expected = sort === 'newest' ? [...matches].reverse() : matches
+          for (const limit of [1, 2, 4, 9, 20]) {
+            const seen: string[] = []
+            let cursor: string | undefined
+            let pages = 0
+            do {
+              const page = await q.query({ limit, where, sort, ...(cursor === undefined ? {} : { cursor }) })
+              if (page.nextCursor !== undefined) expect(page.items).toHaveLength(limit)
+              seen.push(...ids(page.items))
+              cursor = page.nextCursor
+              pages++
+            } while (cursor !== undefined && pages < 20)
+            expect(seen, `${sort}, limit ${limit}`).toEqual(expected)
+            expect(pages).toBe(Math.ceil(matches.length / limit))
+          }
+        }
+        // Operations arriving meanwhile: after the newest-first pages, at the end of the oldest-first ones.
+        const newest = await q.query({ limit: 2, where })
+        const oldest = await q.query({ limit: 2, where, sort: 'oldest' })
+        const late = await store.insert(newOp({ input: { keep: true } }))
+        const rest = async (cursor: string, sort: QuerySort) =>
+          ids((await q.query({ limit: 100, where, sort, cursor })).items)
+        expect(await rest(newest.nextCursor!, 'newest')).toEqual([...matches].reverse().slice(2))
+        expect(await rest(oldest.nextCursor!, 'oldest')).toEqual([...matches.slice(2), late.id])
+        for (const sort of ['newest', 'oldest'] as const) {
+          expect(await q.query({ limit: 10, where, sort, cursor: 'abc' })).toStrictEqual({ items: [] })
+        }
+      })
+
+      it('refuses a condition on a field that does not exist', async () => {
+        await fixture()
+        for (const field of ['nope', 'input', 'input.a"b', 'input..a', 'progress']) {
+          const where = [{ field, op: 'eq', value: 1 } as unknown as Condition]
+          expect(await rejection(q.query({ limit: 10, where })), field).toMatchObject({ code: 'invalid-condition' })
+          expect(await rejection(q.queryStats({ where })), field).toMatchObject({ code: 'invalid-condition' })
+        }
+      })
+    })
+
+    describe('trim', () => {
+      let t: Store & Trimmable
+
+      beforeEach(({ skip }) => {
+        if (!isTrimmable(store)) skip()
+        t = store as Store & Trimmable
+      })
+
+      /** An operation of `owner` that finished in `state` at `at`. */
+      async function completed(
+        state: TerminalState,
+        at: number,
+        owner: string | null = 'alice',
+        key?: IdempotencyKey,
+      ): Promise<Operation> {
+        const fresh = newOp({ name: 'trim', owner })
+        const op = key
+          ? ((await store.insertIdempotent(fresh, key, T0)) as { op: Operation }).op
+          : await store.insert(fresh)
+        if (state === 'canceled') return (await store.cancel(op.id, at, T0 + RETAIN))!
+        const [claimed] = await store.claim('w1', [{ name: 'trim', limit: 1 }], LEASE, T0)
+        expect(claimed?.id).toBe(op.id)
+        const outcome: Outcome =
+          state === 'succeeded'
+            ? { state, result: 1, expiresAt: T0 + RETAIN }
+            : { state, error: boom, expiresAt: T0 + RETAIN }
+        return (await store.settle(leaseOf(claimed!), outcome, at))!
+      }
+
+      const remaining = async () => ids((await store.list({ limit: 1_000 })).items).sort()
+
+      it("removes each owner's oldest finished operations beyond the count kept of their state", async () => {
+        const key: IdempotencyKey = { scope: 'trim', key: 'k1', fingerprint: 'f1', expiresAt: T0 + RETAIN }
+        // Completed out of insertion order: the count goes by completedAt.
+        const a1 = await completed('succeeded', T0 + 500)
+        const a2 = await completed('succeeded', T0 + 100)
+        const a3 = await completed('succeeded', T0 + 300)
+        const a4 = await completed('succeeded', T0 + 400)
+        const af = await completed('failed', T0 + 50)
+        const ac1 = await completed('canceled', T0 + 60)
+        const ac2 = await completed('canceled', T0 + 70)
+        const n1 = await completed('succeeded', T0 + 200, null, key)
+        const n2 = await completed('succeeded', T0 + 600, null)
+        const n3 = await completed('succeeded', T0 + 700, null)
+        const b1 = await completed('succeeded', T0 + 10, 'bob')
+        const b2 = await completed('succeeded', T0 + 20, 'bob')
+        const queued = await store.insert(newOp({ name: 'live', createdAt: T0 - 1_000 }))
+        const live = await running({ name: 'live-running' })
+
+        expect(await t.trim({ succeeded: 2, canceled: 1 }, 100)).toBe(4)
+        const gone = [a2, a3, n1, ac1]
+        for (const op of gone) {
+          expect(await store.get(op.id), op.id).toBeUndefined()
+          expect(await store.history(op.id), op.id).toEqual([])
+          if (hasEventLog(store)) expect(await store.events(op.id, { limit: 100 }), op.id).toEqual([])
+        }
+        const kept = [a1, a4, af, ac2, n2, n3, b1, b2, queued, live]
+        expect(await remaining()).toEqual(ids(kept).sort())
+        for (const op of kept) expect((await store.history(op.id)).length, op.id).toBeGreaterThan(0)
+        // The trimmed operation's idempotency key went with it.
+        expect(await store.findIdempotent(key, T0)).toBeUndefined()
+        const reused = await store.insertIdempotent(newOp(), { ...key, fingerprint: 'f2' }, T0)
+        expect(reused.kind).toBe('inserted')
+        // Nothing more to trim.
+        expect(await t.trim({ succeeded: 2, canceled: 1 }, 100)).toBe(0)
+        expect(await t.trim({}, 100)).toBe(0)
+        expect(await t.trim({ succeeded: 0, failed: 0, canceled: 0 }, 0)).toBe(0)
+        expect(await remaining()).toEqual([...ids(kept), reused.kind === 'inserted' ? reused.op.id : ''].sort())
+      })
+
+      it('removes the oldest first, at most limit per call, ties by insertion order', async () => {
+        const x1 = await completed('succeeded', T0 + 100, 'alice')
+        const x2 = await completed('failed', T0 + 100, 'bob')
+        const x3 = await completed('succeeded', T0 + 50, null)
+        const x4 = await completed('canceled', T0 + 300, 'alice')
+        const x5 = await completed('succeeded', T0 + 200, 'alice')
+        const none = { succeeded: 0, failed: 0, canceled: 0 }
+        expect(await t.trim(none, 2)).toBe(2)
+        // The oldest two of all owners: x3 (at +50), then x1 (at +100, inserted before x2).
+        expect(await remaining()).toEqual(ids([x2, x4, x5]).sort())
+        for (const op of [x1, x3]) expect(await store.get(op.id)).toBeUndefined()
+        expect(await t.trim(none, 2)).toBe(2)
+        expect(await remaining()).toEqual([x4.id])
+        expect(await t.trim(none, 2)).toBe(1)
+        expect(await t.trim(none, 2)).toBe(0)
+
+        // Completed at the same time: the one inserted later counts as newer and stays.
+        const t1 = await completed('succeeded', T0 + 900, 'carol')
+        const t2 = await completed('succeeded', T0 + 900, 'carol')
+        const t3 = await completed('succeeded', T0 + 900, 'carol')
+        expect(await t.trim({ succeeded: 2 }, 100)).toBe(1)
+        expect(await remaining()).toEqual(ids([t2, t3]).sort())
+        expect(t1.id).not.toBe(t2.id)
+      })
+    })
+
+    describe('exclusively', () => {
+      let x: Store & Exclusive
+
+      beforeEach(({ skip }) => {
+        if (!isExclusive(store)) skip()
+        x = store as Store & Exclusive
+      })
+
+      it('runs one task per lock name at a time, and frees the lock when the task ends', async () => {
+        let started!: () => void
+        let finish!: () => void
+        const running = new Promise<void>((resolve) => (started = resolve))
+        const gate = new Promise<void>((resolve) => (finish = resolve))
+        const first = x.exclusively('chore', async () => {
+          started()
+          await gate
+          return 42
+        })
+        await running
+        let ran = false
+        expect(await x.exclusively('chore', async () => (ran = true))).toBeUndefined()
+        expect(ran).toBe(false)
+        // Another name is another lock.
+        expect(await x.exclusively('other chore', async () => 'other')).toEqual({ value: 'other' })
+        finish()
+        expect(await first).toEqual({ value: 42 })
+        expect(await x.exclusively('chore', async () => 'again')).toEqual({ value: 'again' })
+        // A task that throws frees the lock too.
+        const failed = await rejection(
+          x.exclusively('chore', async () => {
+            throw new Error('chore failed')
+          }),
+        )
+        expect((failed as Error).message).toBe('chore failed')
+        expect(await x.exclusively('chore', async () => undefined)).toEqual({ value: undefined })
       })
     })
 

@@ -1,6 +1,18 @@
 import { canceledError, duplicateOperationId } from '../../core/errors.js'
-import { allows, canCancel, isTerminal } from '../../core/operation.js'
-import type { EventFeed, EventLog, FeedEntry, FeedPage, FeedQuery, Store } from '../../core/store.js'
+import { allows, canCancel, isTerminal, type TerminalState } from '../../core/operation.js'
+import type { Condition } from '../../core/query.js'
+import type {
+  EventFeed,
+  EventLog,
+  FeedEntry,
+  FeedPage,
+  FeedQuery,
+  KeepCounts,
+  Queryable,
+  QuerySort,
+  Store,
+  Trimmable,
+} from '../../core/store.js'
 import type {
   ClaimRequest,
   HistoryEntry,
@@ -21,13 +33,15 @@ import type {
   StatsRow,
 } from '../../core/types.js'
 import { cursorPosition } from '../cursor.js'
+import { keptCounts } from '../query.js'
+import { matcher } from './query.js'
 
 interface Entry {
   seq: number
   op: Operation
 }
 
-export class MemoryStore implements Store, EventLog, EventFeed {
+export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimmable {
   // Insertion order is `seq` order, which list() walks backwards for newest first.
   readonly #entries = new Map<string, Entry>()
   readonly #history = new Map<string, HistoryEntry[]>()
@@ -118,19 +132,30 @@ export class MemoryStore implements Store, EventLog, EventFeed {
   }
 
   async list(query: ListQuery): Promise<Page> {
-    const before = query.cursor === undefined ? Infinity : cursorPosition(query.cursor)
-    if (before === undefined) return { items: [] }
+    return this.#page(query, () => true, 'newest')
+  }
+
+  async query(query: ListQuery & { where: Condition[]; sort?: QuerySort }): Promise<Page> {
+    return this.#page(query, matcher(query.where), query.sort ?? 'newest')
+  }
+
+  /** The page of `query` among the operations `matches` keeps; the cursor is the last one's `seq`. */
+  #page(query: ListQuery, matches: (op: Operation) => boolean, sort: QuerySort): Page {
+    const from = query.cursor === undefined ? undefined : cursorPosition(query.cursor)
+    if (query.cursor !== undefined && from === undefined) return { items: [] }
     const all = [...this.#entries.values()]
+    const newest = sort === 'newest'
     const items: Entry[] = []
-    for (let i = all.length - 1; i >= 0 && items.length <= query.limit; i--) {
-      const entry = all[i]!
+    for (let n = 0; n < all.length && items.length <= query.limit; n++) {
+      const entry = all[newest ? all.length - 1 - n : n]!
       const { op } = entry
-      if (entry.seq >= before) continue
+      if (from !== undefined && (newest ? entry.seq >= from : entry.seq <= from)) continue
       // An empty `states` filters nothing, as in the SQLite store.
       if (query.states?.length && !query.states.includes(op.state)) continue
       if (query.name !== undefined && op.name !== query.name) continue
       if (query.owner !== undefined && op.owner !== query.owner) continue
       if (!isReadable(op, query.readable)) continue
+      if (!matches(op)) continue
       items.push(entry)
     }
     const more = items.length > query.limit
@@ -142,11 +167,20 @@ export class MemoryStore implements Store, EventLog, EventFeed {
   }
 
   async stats(query: StatsQuery): Promise<StatsRow[]> {
+    return this.#stats(query, () => true)
+  }
+
+  async queryStats(query: StatsQuery & { where: Condition[] }): Promise<StatsRow[]> {
+    return this.#stats(query, matcher(query.where))
+  }
+
+  #stats(query: StatsQuery, matches: (op: Operation) => boolean): StatsRow[] {
     const counts = new Map<string, StatsRow>()
     for (const { op } of this.#entries.values()) {
       if (query.owner !== undefined && op.owner !== query.owner) continue
       if (query.states?.length && !query.states.includes(op.state)) continue
       if (!isReadable(op, query.readable)) continue
+      if (!matches(op)) continue
       const key = `${op.name}\u0000${op.state}`
       const row = counts.get(key) ?? { name: op.name, state: op.state, count: 0 }
       row.count++
@@ -304,12 +338,38 @@ export class MemoryStore implements Store, EventLog, EventFeed {
     return purged.size
   }
 
+  async trim(keep: KeepCounts, limit: number): Promise<number> {
+    const kept = new Map(keptCounts(keep))
+    if (kept.size === 0 || !(limit > 0)) return 0
+    // Each owner's finished operations of each kept state, newest first: by completedAt, then seq.
+    const groups = new Map<string, Entry[]>()
+    for (const entry of this.#entries.values()) {
+      const { op } = entry
+      if (!kept.has(op.state as TerminalState) || op.completedAt === undefined) continue
+      const group = JSON.stringify([op.owner, op.state])
+      const members = groups.get(group)
+      if (members) members.push(entry)
+      else groups.set(group, [entry])
+    }
+    const beyond: Entry[] = []
+    for (const group of groups.values()) {
+      group.sort((a, b) => b.op.completedAt! - a.op.completedAt! || b.seq - a.seq)
+      beyond.push(...group.slice(kept.get(group[0]!.op.state as TerminalState)))
+    }
+    beyond.sort((a, b) => a.op.completedAt! - b.op.completedAt! || a.seq - b.seq)
+    const trimmed = new Set(beyond.slice(0, limit).map((entry) => entry.op.id))
+    if (trimmed.size > 0) this.#forget(trimmed)
+    return trimmed.size
+  }
+
+  /** Removes operations with their history, events and idempotency keys. */
   #forget(ids: Set<string>): void {
     for (const id of ids) {
       this.#entries.delete(id)
       this.#history.delete(id)
     }
     this.#log = this.#log.filter((entry) => !ids.has(entry.operationId))
+    for (const [slot, used] of this.#keys) if (ids.has(used.operationId)) this.#keys.delete(slot)
   }
 
   async close(): Promise<void> {}

@@ -142,6 +142,18 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       ALTER TABLE operations ADD COLUMN request_id TEXT;
     `,
   },
+  {
+    version: 7,
+    name: 'query and retention indexes',
+    // Queries by state over a time range (trim reads the finished states through it too), and lists
+    // of one route's operations by state, newest first; the states, owner and seq indexes of version 1
+    // serve the rest, as in the SQLite store's version 5. No index in trim's (owner, state,
+    // completedAt) order: the planner sorts the states it reads rather than use one.
+    sql: `
+      CREATE INDEX operations_by_state_created ON operations (state, created_at);
+      CREATE INDEX operations_by_name_state ON operations (name, state, seq);
+    `,
+  },
 ]
 
 // Advisory lock class for migrations; the schema's hash is the other half of the key.

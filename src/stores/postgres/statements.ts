@@ -238,6 +238,27 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
       history AS (DELETE FROM ${events} WHERE operation_id IN (SELECT id FROM deleted)),
       freed AS (DELETE FROM ${keys} WHERE expires_at <= $1 OR operation_id IN (SELECT id FROM deleted))
       SELECT count(*)::int AS n FROM deleted`,
+
+    // $1 states, $2 how many of each to keep per owner, $3 limit. Ranks each owner's finished
+    // operations of a state newest first (by completedAt, ties by insertion order) and removes those
+    // ranked beyond the count kept, oldest first. A row requeued meanwhile is no longer finished when
+    // the DELETE rechecks it, and stays.
+    trim: `
+      WITH kept AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS k(state, n)),
+      ranked AS (
+        SELECT o.seq, o.completed_at, k.n,
+          row_number() OVER (PARTITION BY o.owner, o.state ORDER BY o.completed_at DESC, o.seq DESC) AS newer
+        FROM ${ops} o JOIN kept k ON k.state = o.state
+        WHERE o.${FINISHED} AND o.completed_at IS NOT NULL
+      ),
+      deleted AS (
+        DELETE FROM ${ops}
+        WHERE seq IN (SELECT seq FROM ranked WHERE newer > n ORDER BY completed_at, seq LIMIT $3) AND ${FINISHED}
+        RETURNING id
+      ),
+      history AS (DELETE FROM ${events} WHERE operation_id IN (SELECT id FROM deleted)),
+      freed AS (DELETE FROM ${keys} WHERE operation_id IN (SELECT id FROM deleted))
+      SELECT count(*)::int AS n FROM deleted`,
   }
 }
 

@@ -3,7 +3,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
 import { canceledError, duplicateOperationId, invalidOption, LongrunError, storeClosed } from '../../core/errors.js'
 import { silentLogger, type Logger } from '../../core/logger.js'
-import type { FeedPage, FeedQuery, StoreNotice } from '../../core/store.js'
+import type { Condition } from '../../core/query.js'
+import type { FeedPage, FeedQuery, KeepCounts, QuerySort, StoreNotice } from '../../core/store.js'
 import type {
   ClaimRequest,
   HistoryEntry,
@@ -23,10 +24,12 @@ import type {
   StatsRow,
 } from '../../core/types.js'
 import { cursorPosition } from '../cursor.js'
+import { keptCounts } from '../query.js'
 import { driver } from './driver.js'
 import { Batch, Lane } from './lane.js'
 import { NoticeListener } from './listener.js'
 import { migrate } from './migrations.js'
+import { conditionTerms } from './query.js'
 import type { PostgresStore, PostgresStoreOptions } from './options.js'
 import {
   escapeNul,
@@ -303,15 +306,24 @@ export class PgStore implements PostgresStore {
   }
 
   async list(query: ListQuery): Promise<Page> {
+    return this.#page(query, [], 'newest')
+  }
+
+  async query(query: ListQuery & { where: Condition[]; sort?: QuerySort }): Promise<Page> {
+    return this.#page(query, query.where, query.sort ?? 'newest')
+  }
+
+  async #page(query: ListQuery, conditions: readonly Condition[], sort: QuerySort): Promise<Page> {
     const { where, args, arg } = filters(query)
     if (query.name !== undefined) where.push(`name = ${arg(query.name)}`)
+    where.push(...conditionTerms(conditions, arg))
     if (query.cursor !== undefined) {
-      const before = cursorPosition(query.cursor)
-      if (before === undefined) return { items: [] }
-      where.push(`seq < ${arg(before)}`)
+      const from = cursorPosition(query.cursor)
+      if (from === undefined) return { items: [] }
+      where.push(`seq ${sort === 'newest' ? '<' : '>'} ${arg(from)}`)
     }
     const sql = `SELECT * FROM ${this.schema}.operations ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-      ORDER BY seq DESC LIMIT ${arg(query.limit + 1)}`
+      ORDER BY seq ${sort === 'newest' ? 'DESC' : 'ASC'} LIMIT ${arg(query.limit + 1)}`
     const rows = await this.#run<Row>(sql, args)
     const more = rows.length > query.limit
     const page = rows.slice(0, query.limit)
@@ -319,7 +331,16 @@ export class PgStore implements PostgresStore {
   }
 
   async stats(query: StatsQuery): Promise<StatsRow[]> {
-    const { where, args } = filters(query)
+    return this.#stats(query, [])
+  }
+
+  async queryStats(query: StatsQuery & { where: Condition[] }): Promise<StatsRow[]> {
+    return this.#stats(query, query.where)
+  }
+
+  async #stats(query: StatsQuery, conditions: readonly Condition[]): Promise<StatsRow[]> {
+    const { where, args, arg } = filters(query)
+    where.push(...conditionTerms(conditions, arg))
     const sql = `SELECT name, state, count(*)::int AS count FROM ${this.schema}.operations
       ${where.length ? `WHERE ${where.join(' AND ')}` : ''} GROUP BY name, state`
     return this.#run<StatsRow>(sql, args)
@@ -462,6 +483,62 @@ export class PgStore implements PostgresStore {
   async purge(now: number, limit: number): Promise<number> {
     const [row] = await this.#run<{ n: number }>(this.#sql.purge, [now, limit])
     return row!.n
+  }
+
+  async trim(keep: KeepCounts, limit: number): Promise<number> {
+    const kept = keptCounts(keep)
+    if (kept.length === 0 || !(limit > 0)) return 0
+    const [row] = await this.#run<{ n: number }>(this.#sql.trim, [
+      kept.map(([state]) => state),
+      kept.map(([, count]) => count),
+      limit,
+    ])
+    return row!.n
+  }
+
+  /**
+   * A session-level advisory lock on a connection of its own, held while `task` runs: it outlives
+   * any transaction of the task, and dies with the connection if this process does.
+   */
+  exclusively<T>(name: string, task: () => Promise<T>): Promise<{ value: T } | undefined> {
+    if (this.#closing) return Promise.reject(storeClosed())
+    return this.#track(this.#exclusively(name, task))
+  }
+
+  async #exclusively<T>(name: string, task: () => Promise<T>): Promise<{ value: T } | undefined> {
+    // One 64-bit key per schema and name: the two-integer keys of the migration lock never meet it.
+    const key = [`longrun ${this.schema} ${name}`]
+    let client: pg.PoolClient
+    try {
+      client = await this.#pool.connect()
+    } catch (err) {
+      throw storeError(err)
+    }
+    // A connection whose unlock failed is closed rather than pooled: closing it frees the lock.
+    let broken: Error | undefined
+    try {
+      let locked: boolean
+      try {
+        const { rows } = await client.query<{ locked: boolean }>(
+          'SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS locked',
+          key,
+        )
+        locked = rows[0]!.locked
+      } catch (err) {
+        broken = err as Error
+        throw storeError(err)
+      }
+      if (!locked) return undefined
+      try {
+        return { value: await task() }
+      } finally {
+        await client.query('SELECT pg_advisory_unlock(hashtextextended($1, 0))', key).catch((err: unknown) => {
+          broken = err as Error
+        })
+      }
+    } finally {
+      client.release(broken)
+    }
   }
 
   subscribe(listener: (notice: StoreNotice) => void): () => void {

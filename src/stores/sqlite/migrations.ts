@@ -85,4 +85,18 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       ALTER TABLE operations ADD COLUMN request_id TEXT;
     `,
   },
+  {
+    version: 5,
+    name: 'query and retention indexes',
+    // Queries by state over a time range (trim reads the finished states through it too), and lists
+    // of one route's operations by state, newest first; the states, owner and seq indexes of version 1
+    // serve the rest. No index in trim's (owner, state, completedAt) order: without ANALYZE statistics,
+    // which the store never gathers, SQLite's planner picks the state index over it anyway.
+    // Deleting an operation frees its idempotency keys.
+    sql: `
+      CREATE INDEX operations_by_state_created ON operations (state, created_at);
+      CREATE INDEX operations_by_name_state ON operations (name, state, seq);
+      CREATE INDEX idempotency_keys_by_operation ON idempotency_keys (operation_id);
+    `,
+  },
 ]

@@ -3,7 +3,18 @@ import { dirname } from 'node:path'
 import type Database from 'better-sqlite3'
 import type { Statement } from 'better-sqlite3'
 import { storeClosed } from '../../core/errors.js'
-import type { EventFeed, EventLog, FeedPage, FeedQuery, Store } from '../../core/store.js'
+import type { Condition } from '../../core/query.js'
+import type {
+  EventFeed,
+  EventLog,
+  FeedPage,
+  FeedQuery,
+  KeepCounts,
+  Queryable,
+  QuerySort,
+  Store,
+  Trimmable,
+} from '../../core/store.js'
 import type {
   ClaimRequest,
   HistoryEntry,
@@ -23,6 +34,7 @@ import type {
   StatsRow,
 } from '../../core/types.js'
 import { cursorPosition } from '../cursor.js'
+import { keptCounts } from '../query.js'
 import {
   EVENT_COLUMNS,
   migrate,
@@ -33,6 +45,7 @@ import {
   type EventValues,
 } from './connection.js'
 import type { SqliteStoreOptions } from './options.js'
+import { conditions as conditionTerms } from './query.js'
 import { DURABLE, findIdempotent, LOSABLE, SqliteWrites, type Settled, type WriteCall } from './writes.js'
 
 interface PendingWrite extends WriteCall {
@@ -40,7 +53,7 @@ interface PendingWrite extends WriteCall {
   reject: (reason: unknown) => void
 }
 
-export class SqliteStore implements Store, EventLog, EventFeed {
+export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimmable {
   readonly #db: Database.Database
   readonly #sql: ReturnType<typeof statementCache>
   readonly #ops: ReturnType<typeof operationQueries>
@@ -128,18 +141,30 @@ export class SqliteStore implements Store, EventLog, EventFeed {
   }
 
   async list(query: ListQuery): Promise<Page> {
+    return this.#page(query, [], 'newest')
+  }
+
+  async query(query: ListQuery & { where: Condition[]; sort?: QuerySort }): Promise<Page> {
+    return this.#page(query, query.where, query.sort ?? 'newest')
+  }
+
+  #page(query: ListQuery, conditions: readonly Condition[], sort: QuerySort): Page {
     const { where, args } = filters(query)
     if (query.name !== undefined) {
       where.push('name = ?')
       args.push(query.name)
     }
+    const matching = conditionTerms(conditions)
+    where.push(...matching.where)
+    args.push(...matching.args)
     if (query.cursor !== undefined) {
-      const before = cursorPosition(query.cursor)
-      if (before === undefined) return { items: [] }
-      where.push('seq < ?')
-      args.push(before)
+      const from = cursorPosition(query.cursor)
+      if (from === undefined) return { items: [] }
+      where.push(sort === 'newest' ? 'seq < ?' : 'seq > ?')
+      args.push(from)
     }
-    const sql = `SELECT * FROM operations ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seq DESC LIMIT ?`
+    const sql = `SELECT * FROM operations ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+                 ORDER BY seq ${sort === 'newest' ? 'DESC' : 'ASC'} LIMIT ?`
     const rows = this.#ops(sql)
     const found = rows.statement.all(...args, query.limit + 1) as unknown[][]
     const page = found.slice(0, query.limit)
@@ -150,7 +175,18 @@ export class SqliteStore implements Store, EventLog, EventFeed {
   }
 
   async stats(query: StatsQuery): Promise<StatsRow[]> {
+    return this.#stats(query, [])
+  }
+
+  async queryStats(query: StatsQuery & { where: Condition[] }): Promise<StatsRow[]> {
+    return this.#stats(query, query.where)
+  }
+
+  #stats(query: StatsQuery, conditions: readonly Condition[]): StatsRow[] {
     const { where, args } = filters(query)
+    const matching = conditionTerms(conditions)
+    where.push(...matching.where)
+    args.push(...matching.args)
     const sql = `SELECT name, state, count(*) AS count FROM operations ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
                  GROUP BY name, state`
     return this.#sql(sql).all(...args) as StatsRow[]
@@ -190,6 +226,14 @@ export class SqliteStore implements Store, EventLog, EventFeed {
 
   purge(now: number, limit: number): Promise<number> {
     return this.#write((w) => w.purge(now, limit), LOSABLE)
+  }
+
+  trim(keep: KeepCounts, limit: number): Promise<number> {
+    // Checked here, so that a bad count rejects this call rather than a write of the batch.
+    const kept = keptCounts(keep)
+    if (kept.length === 0 || !(limit > 0)) return Promise.resolve(0)
+    // Losable as a purge is: a lost trim is done again.
+    return this.#write((w) => w.trim(kept, limit), LOSABLE)
   }
 
   /** Commits the writes issued before it, then closes the database. */

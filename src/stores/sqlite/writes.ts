@@ -14,6 +14,7 @@ import type {
   Outcome,
   Progress,
 } from '../../core/types.js'
+import type { TerminalState } from '../../core/operation.js'
 import { operationQueries, statementCache, type Row, type Synchronous } from './connection.js'
 
 // Every write the SQLite store makes. `runBatch` commits a group of writes in one transaction.
@@ -253,7 +254,7 @@ export class SqliteWrites {
 
   delete(id: string): boolean {
     const deleted = this.#sql(`DELETE FROM operations WHERE id = ? AND ${FINISHED}`).run(id).changes === 1
-    if (deleted) this.#sql(`DELETE FROM operation_events WHERE operation_id = ?`).run(id)
+    if (deleted) this.#forget([id])
     return deleted
   }
 
@@ -264,10 +265,45 @@ export class SqliteWrites {
     )
       .pluck()
       .all(now, limit) as string[]
-    const forget = this.#sql(`DELETE FROM operation_events WHERE operation_id = ?`)
-    for (const id of ids) forget.run(id)
+    this.#forget(ids)
     this.#sql(`DELETE FROM idempotency_keys WHERE expires_at <= ?`).run(now)
     return ids.length
+  }
+
+  /**
+   * Removes the finished operations of each owner and state beyond the newest `count` of that state
+   * (by completedAt, ties by insertion order), oldest first, at most `limit`; `kept` as keptCounts
+   * makes it.
+   */
+  trim(kept: readonly [TerminalState, number][], limit: number): number {
+    const states = kept.map(() => '?').join(', ')
+    const counts = kept.map(() => 'WHEN ? THEN ?').join(' ')
+    const ids = this.#sql(
+      `DELETE FROM operations WHERE seq IN (
+         SELECT seq FROM (
+           SELECT seq, completed_at, CASE state ${counts} END AS kept,
+             row_number() OVER (PARTITION BY owner, state ORDER BY completed_at DESC, seq DESC) AS newer
+           FROM operations
+           WHERE ${FINISHED} AND state IN (${states}) AND completed_at IS NOT NULL
+         )
+         WHERE newer > kept ORDER BY completed_at, seq LIMIT ?
+       )
+       RETURNING id`,
+    )
+      .pluck()
+      .all(...kept.flat(), ...kept.map(([state]) => state), limit) as string[]
+    this.#forget(ids)
+    return ids.length
+  }
+
+  /** Removes the history, events and idempotency keys of operations just deleted. */
+  #forget(ids: readonly string[]): void {
+    const events = this.#sql(`DELETE FROM operation_events WHERE operation_id = ?`)
+    const keys = this.#sql(`DELETE FROM idempotency_keys WHERE operation_id = ?`)
+    for (const id of ids) {
+      events.run(id)
+      keys.run(id)
+    }
   }
 
   #record(id: string, entry: Omit<HistoryEntry, 'seq'>): void {
