@@ -269,6 +269,7 @@ type Endpoint =
   | 'DELETE'
   | 'GET list'
   | 'GET stats'
+  | 'POST query'
   | 'POST retry (bulk)'
   | 'GET events'
   | 'GET wait'
@@ -284,6 +285,7 @@ const ENDPOINT_ROUTES: Record<Endpoint, string> = {
   DELETE: 'DELETE /operations/:id',
   'GET list': 'GET /operations',
   'GET stats': 'GET /operations/stats',
+  'POST query': 'POST /operations/query',
   'POST retry (bulk)': 'POST /operations/retry',
   'GET events': 'GET /operations/:id/events',
   'GET wait': 'GET /operations/:id/wait',
@@ -313,6 +315,7 @@ const MATRIX: Record<Route, Record<Endpoint, readonly Outcome[]>> = {
     'DELETE':             ['allow', 'allow', 'deny',  'allow', 'deny',  'allow', 'hide', 'auth'],
     'GET list':           ['allow', 'allow', 'allow', 'allow', 'allow', 'allow', 'hide', 'auth'],
     'GET stats':          ['allow', 'allow', 'allow', 'allow', 'allow', 'allow', 'hide', 'auth'],
+    'POST query':         ['allow', 'allow', 'allow', 'allow', 'allow', 'allow', 'hide', 'auth'],
     'POST retry (bulk)':  ['allow', 'allow', 'deny',  'allow', 'deny',  'allow', 'hide', 'auth'],
     'GET events':         ['allow', 'allow', 'allow', 'allow', 'allow', 'allow', 'hide', 'auth'],
     'GET wait':           ['allow', 'allow', 'allow', 'allow', 'allow', 'allow', 'hide', 'auth'],
@@ -329,6 +332,7 @@ const MATRIX: Record<Route, Record<Endpoint, readonly Outcome[]>> = {
     'DELETE':             ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
     'GET list':           ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
     'GET stats':          ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
+    'POST query':         ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
     'POST retry (bulk)':  ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
     'GET events':         ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
     'GET wait':           ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
@@ -351,7 +355,8 @@ const DOCUMENTED_ACTIONS: Record<string, readonly Endpoint[]> = {
   result: ['GET result'],
   error: ['GET error'],
   history: ['GET {id}'],
-  list: ['GET list'],
+  // The query is a list with conditions: the same grants.
+  list: ['GET list', 'POST query'],
   stats: ['GET stats'],
   cancel: ['POST cancel'],
   retry: ['POST retry', 'POST retry (bulk)'],
@@ -514,6 +519,23 @@ const CHECKS: Record<Endpoint, Check> = {
     }
   },
 
+  async 'POST query'(h, caller, route, outcome) {
+    const op = await h.succeeded(route)
+    await h.settle()
+    const path = '/operations/query?limit=100'
+    const conditions = { name: { op: 'EQ', value: route } }
+    const res = await caller.post(path, conditions)
+    if (outcome === 'auth') return void expectUnauthorized(res)
+    const ids = (expectJson(res, 200).items as Json[]).map((item) => item.id)
+    if (outcome === 'allow') {
+      expect(ids).toContain(op.id)
+      const all = expectJson(await h.as('admin').post(path, conditions), 200).items as Json[]
+      expect(ids).toEqual(all.map((item) => item.id))
+    } else {
+      expect(ids).toEqual([])
+    }
+  },
+
   async 'GET stats'(h, caller, route, outcome, who) {
     await h.succeeded(route)
     await h.settle()
@@ -636,6 +658,8 @@ describe('access matrix: every endpoint, every principal (bearer JWTs, SQLite)',
       .filter((route) => / \/operations(\/|$)/.test(route))
       // The catch-all answers ids too long for Fastify's router, with the same endpoints as above.
       .filter((route) => !route.endsWith(' /operations/*'))
+      // The cleanup is about no operation in particular: test/cleanup.test.ts checks who may run it.
+      .filter((route) => !route.endsWith(' /operations/cleanup'))
       .map((route) => route.replace(/\/$/, ''))
     expect([...new Set(api)].sort()).toEqual(Object.values(ENDPOINT_ROUTES).sort())
   })

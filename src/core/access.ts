@@ -1,8 +1,24 @@
+import type { CleanupRun, CleanupStatus } from './cleanup.js'
 import type { Engine, Stats } from './engine.js'
-import { forbidden, operationNotFound } from './errors.js'
-import { mayRead, mayWrite, type AccessPolicy, type Permissions, type Principal } from './permissions.js'
-import type { FeedPage } from './store.js'
-import type { HistoryEntry, ListQuery, Operation, Page, Readable } from './types.js'
+import { forbidden, LongrunError, operationNotFound } from './errors.js'
+import {
+  granted,
+  mayRead,
+  mayWrite,
+  type AccessList,
+  type AccessPolicy,
+  type Permissions,
+  type Principal,
+} from './permissions.js'
+import type { Condition } from './query.js'
+import type { FeedPage, QuerySort } from './store.js'
+import type { HistoryEntry, ListQuery, Operation, Page, Readable, StatsQuery } from './types.js'
+
+/** The access policy with the grants that are not per definition. */
+export interface OperationAccessPolicy extends AccessPolicy {
+  /** Who may run the cleanup (`POST {base}/cleanup`) besides the admin role. @default nobody */
+  cleanup?: AccessList
+}
 
 /**
  * The operations as one caller may see and change them. Every read and control action of the
@@ -13,11 +29,13 @@ export class OperationAccess {
   readonly #engine: Engine
   readonly #caller: Principal | undefined
   readonly #admin: boolean
+  readonly #cleaner: boolean
 
-  constructor(engine: Engine, caller: Principal | undefined, policy: AccessPolicy = {}) {
+  constructor(engine: Engine, caller: Principal | undefined, policy: OperationAccessPolicy = {}) {
     this.#engine = engine
     this.#caller = caller
     this.#admin = policy.adminRole !== undefined && (caller?.roles?.includes(policy.adminRole) ?? false)
+    this.#cleaner = this.#admin || granted(policy.cleanup, caller)
   }
 
   /** The owner id operations submitted by this caller get (`null`: anonymous). */
@@ -88,8 +106,30 @@ export class OperationAccess {
     return this.#engine.list({ ...query, ...this.#readable('read') })
   }
 
-  stats(): Promise<Stats> {
-    return this.#engine.stats(this.#readable('read'))
+  /**
+   * The operations this caller may read that meet every condition, in `sort` order: scoped exactly
+   * like `list`, so that what the caller cannot read never matches.
+   */
+  query(query: Omit<ListQuery, 'readable'> & { where: Condition[]; sort?: QuerySort }): Promise<Page> {
+    return this.#engine.query({ ...query, ...this.#readable('read') })
+  }
+
+  /** Counts of what this caller may read; with conditions, of what meets them (never of the rest). */
+  stats(query: Omit<StatsQuery, 'readable' | 'owner'> & { where?: Condition[] } = {}): Promise<Stats> {
+    const { where, ...rest } = query
+    const scoped = { ...rest, ...this.#readable('read') }
+    return where?.length ? this.#engine.queryStats({ ...scoped, where }) : this.#engine.stats(scoped)
+  }
+
+  /** What the cleanup service is doing: any caller of the API may see it (it shows no operation). */
+  cleanupStatus(): CleanupStatus {
+    return this.#engine.cleanupStatus()
+  }
+
+  /** Runs the cleanup now: for the admin role, or a principal the `cleanup` grant names. */
+  runCleanup(): Promise<CleanupRun> {
+    if (!this.#cleaner) throw new LongrunError('forbidden', 'Only an administrator may run the cleanup.')
+    return this.#engine.cleanup()
   }
 
   /** Retries the failed operations this caller may change. */

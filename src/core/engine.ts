@@ -12,12 +12,22 @@ import {
   unknownOperation,
 } from './errors.js'
 import { ChangeRouter } from './changes.js'
+import { Cleanup, type CleanupRun, type CleanupStatus } from './cleanup.js'
 import { safeEmit, type EngineEvents } from './events.js'
 import { canDelete, canRetry, isTerminal, OPERATION_STATES, type OperationState } from './operation.js'
 import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js'
 import { Runner } from './runner.js'
-import { hasEventFeed, hasEventLog, type FeedPage, type FeedQuery, type Store } from './store.js'
-import type { HistoryEntry, ListQuery, NewOperation, Operation, Page, Readable, StatsQuery } from './types.js'
+import type { Condition } from './query.js'
+import {
+  hasEventFeed,
+  hasEventLog,
+  isQueryable,
+  type FeedPage,
+  type FeedQuery,
+  type QuerySort,
+  type Store,
+} from './store.js'
+import type { HistoryEntry, ListQuery, NewOperation, Operation, Page, Readable, StatsQuery, StatsRow } from './types.js'
 
 export interface SubmitRequest {
   input?: unknown
@@ -72,6 +82,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   readonly #definitions = new Map<string, ResolvedDefinition>()
   readonly #runner: Runner | undefined
   readonly #changes = new ChangeRouter()
+  readonly #cleanup: Cleanup
   #started = false
   #unsubscribe: (() => void) | undefined
   #draining: Promise<void> | undefined
@@ -81,6 +92,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     super()
     this.#opts = resolveEngineOptions(options)
     this.store = this.#opts.store
+    this.#cleanup = new Cleanup(this.#opts)
     if (this.#opts.worker) {
       this.#runner = new Runner(this.#opts, this.#definitions, {
         started: (op) => this.#emit('operation:started', op),
@@ -118,7 +130,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     return [...this.#definitions.values()]
   }
 
-  /** Starts running handlers (a no-op for `worker: false`). */
+  /** Starts running handlers and the scheduled cleanup (both a no-op for `worker: false`). */
   start(): void {
     if (this.#started || this.#draining) return
     this.#started = true
@@ -128,6 +140,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       else this.#changed(notice.id)
     })
     this.#runner?.start()
+    if (this.#runner) this.#cleanup.start()
   }
 
   /** Commits a new operation; resolves once it is durable. */
@@ -332,16 +345,36 @@ export class Engine extends EventEmitter<EngineEvents> {
     return this.store.list(query)
   }
 
+  /**
+   * Like `list`, keeping the operations that meet every condition (docs/query.md), newest first or
+   * oldest first. Needs a `Queryable` store (the bundled ones are); else `not-supported`.
+   */
+  async query(query: ListQuery & { where: Condition[]; sort?: QuerySort }): Promise<Page> {
+    if (!isQueryable(this.store)) throw capabilityMissing('queries (Queryable)')
+    return this.store.query(query)
+  }
+
   async stats(query: StatsQuery = {}): Promise<Stats> {
-    const stats: Stats = { ...emptyCounts(), byName: {} }
-    for (const row of await this.store.stats(query)) {
-      const byName = (stats.byName[row.name] ??= emptyCounts())
-      for (const counts of [stats, byName]) {
-        counts[row.state] += row.count
-        counts.total += row.count
-      }
-    }
-    return stats
+    return toStats(await this.store.stats(query))
+  }
+
+  /** Like `stats`, counting the operations that meet every condition; needs a `Queryable` store. */
+  async queryStats(query: StatsQuery & { where: Condition[] }): Promise<Stats> {
+    if (!isQueryable(this.store)) throw capabilityMissing('queries (Queryable)')
+    return toStats(await this.store.queryStats(query))
+  }
+
+  /** The cleanup service as it is: scheduled or not, running or not, its options and its last run. */
+  cleanupStatus(): CleanupStatus {
+    return this.#cleanup.status()
+  }
+
+  /**
+   * Runs the cleanup now (purge past `retention`, trim to `keep`) and resolves with the run; while
+   * one is in progress in this process, with that one. Never rejects: a failure is in `error`.
+   */
+  cleanup(): Promise<CleanupRun> {
+    return this.#cleanup.run('request')
   }
 
   /**
@@ -351,7 +384,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   drain(): Promise<void> {
     this.#draining ??= (async () => {
       this.#unsubscribe?.()
-      await this.#runner?.stop()
+      await Promise.all([this.#runner?.stop(), this.#cleanup.stop()])
     })()
     return this.#draining
   }
@@ -372,6 +405,18 @@ export class Engine extends EventEmitter<EngineEvents> {
     })()
     return this.#closing
   }
+}
+
+function toStats(rows: StatsRow[]): Stats {
+  const stats: Stats = { ...emptyCounts(), byName: {} }
+  for (const row of rows) {
+    const byName = (stats.byName[row.name] ??= emptyCounts())
+    for (const counts of [stats, byName]) {
+      counts[row.state] += row.count
+      counts.total += row.count
+    }
+  }
+  return stats
 }
 
 function emptyCounts(): StateCounts {

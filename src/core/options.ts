@@ -4,7 +4,7 @@ import { v7 as uuidv7 } from 'uuid'
 import { toMs, type Duration } from './duration.js'
 import { invalidOption } from './errors.js'
 import { silentLogger, type Logger } from './logger.js'
-import type { Store } from './store.js'
+import { isTrimmable, type KeepCounts, type Store } from './store.js'
 
 export interface EngineOptions {
   store: Store
@@ -28,8 +28,17 @@ export interface EngineOptions {
   maxLeaseLosses?: number
   /** How long finished operations are kept. @default '7d' */
   retention?: Duration
-  /** How often expired operations are purged. @default '1m' */
+  /**
+   * How often the cleanup runs (docs/query.md): it purges the operations past `retention`, then
+   * trims each owner's finished operations to `keep`. @default '1m'
+   */
   purgeInterval?: Duration
+  /**
+   * How many finished operations of each terminal state to keep per owner, besides `retention`:
+   * the cleanup removes the oldest beyond these counts (by `completedAt`), e.g.
+   * `{ succeeded: 50, failed: 20 }`. Needs a store that can trim (`Trimmable`). @default none: by time only
+   */
+  keep?: KeepCounts
   /** How long an idempotency key keeps answering with its operation. @default '24h' */
   idempotencyTtl?: Duration
   /** Makes operation ids. @default UUIDv7: time-ordered, 74 random bits */
@@ -52,6 +61,7 @@ export interface ResolvedEngineOptions {
   maxLeaseLosses: number
   retentionMs: number
   purgeIntervalMs: number
+  keep: KeepCounts | undefined
   idempotencyTtlMs: number
   idGenerator: () => string
   logger: Logger
@@ -84,6 +94,10 @@ export function resolveEngineOptions(input: EngineOptions): ResolvedEngineOption
   const maxLeaseLosses = input.maxLeaseLosses ?? DEFAULTS.maxLeaseLosses
   if (!(maxLeaseLosses === Infinity || (Number.isInteger(maxLeaseLosses) && maxLeaseLosses >= 1)))
     throw invalidOption('maxLeaseLosses', 'must be a whole number of at least 1, or Infinity')
+  const keep = resolveKeep(input.keep)
+  if (keep && !isTrimmable(input.store)) {
+    throw invalidOption('keep', 'needs a store that can trim (Trimmable); this one cannot')
+  }
   return {
     store: input.store,
     worker: input.worker ?? true,
@@ -95,10 +109,31 @@ export function resolveEngineOptions(input: EngineOptions): ResolvedEngineOption
     maxLeaseLosses,
     retentionMs: toMs('retention', input.retention ?? DEFAULTS.retention),
     purgeIntervalMs,
+    keep,
     idempotencyTtlMs: toMs('idempotencyTtl', input.idempotencyTtl ?? DEFAULTS.idempotencyTtl),
     idGenerator: input.idGenerator ?? uuidv7,
     logger: input.logger ?? silentLogger,
     clock: input.clock ?? Date.now,
     random: input.random ?? Math.random,
   }
+}
+
+const KEEP_STATES = ['succeeded', 'failed', 'canceled'] as const
+
+function resolveKeep(keep: KeepCounts | undefined): KeepCounts | undefined {
+  if (keep === undefined) return undefined
+  if (typeof keep !== 'object' || keep === null || Array.isArray(keep)) {
+    throw invalidOption('keep', 'must be an object like { succeeded: 50, failed: 20 }')
+  }
+  const resolved: KeepCounts = {}
+  for (const [state, count] of Object.entries(keep)) {
+    if (!(KEEP_STATES as readonly string[]).includes(state)) {
+      throw invalidOption(`keep.${state}`, `names no terminal state (one of ${KEEP_STATES.join(', ')})`)
+    }
+    if (count === undefined) continue
+    if (!(Number.isInteger(count) && count >= 0)) throw invalidOption(`keep.${state}`, 'must be a non-negative integer')
+    resolved[state as (typeof KEEP_STATES)[number]] = count
+  }
+  // `{}` keeps everything, like no `keep` at all.
+  return Object.keys(resolved).length === 0 ? undefined : resolved
 }

@@ -66,10 +66,7 @@ export class Runner {
 
   start(): void {
     this.#started = true
-    this.#timers.push(
-      setInterval(() => this.wake(), this.#opts.pollMs),
-      setInterval(() => this.#purge(), this.#opts.purgeIntervalMs),
-    )
+    this.#timers.push(setInterval(() => this.wake(), this.#opts.pollMs))
     this.#heartbeats = setInterval(() => this.#heartbeat(), this.#opts.heartbeatMs)
     this.wake()
   }
@@ -369,13 +366,6 @@ export class Runner {
         (err: unknown) => logger.error({ err, operationId: run.op.id }, 'longrun: heartbeat failed'),
       )
     }
-  }
-
-  #purge(): void {
-    const { store, clock, logger } = this.#opts
-    store
-      .purge(clock(), 1_000)
-      .catch((err: unknown) => logger.error({ err }, 'longrun: purging expired operations failed'))
   }
 }
 

@@ -1,6 +1,7 @@
 import { toMs, type Duration } from '../core/duration.js'
 import { invalidOption } from '../core/errors.js'
-import type { AccessPolicy } from '../core/permissions.js'
+import type { OperationAccessPolicy } from '../core/access.js'
+import type { AccessList } from '../core/permissions.js'
 import type { Authenticate } from './auth.js'
 
 /** The options of the HTTP protocol, the same for every adapter. */
@@ -32,8 +33,14 @@ export interface ProtocolOptions {
   allowAnonymous?: boolean
   /** `WWW-Authenticate` challenge of 401 answers. @default 'Bearer realm="longrun"' */
   challenge?: string
-  /** Principals with this role may read and change every operation. @default none */
+  /** Principals with this role may read and change every operation, and run the cleanup. @default none */
   adminRole?: string
+  /**
+   * The cleanup endpoints (docs/query.md): `allow` lets these principals run it
+   * (`POST {base}/cleanup`) besides the admin role, e.g. `{ allow: { roles: ['ops'] } }`.
+   * @default only the admin role may run it
+   */
+  cleanup?: { allow?: AccessList }
   /** Most queued and running operations one owner may have; one more answers 429. @default unlimited */
   maxActivePerOwner?: number
   /** Requests per principal (or per IP when anonymous) and time window, e.g. `'1 minute'`. @default none */
@@ -59,7 +66,7 @@ export interface ResolvedProtocolOptions {
   authenticate: Authenticate | undefined
   allowAnonymous: boolean
   challenge: string
-  policy: AccessPolicy
+  policy: OperationAccessPolicy
   maxActivePerOwner: number | undefined
   rateLimit: { max: number; timeWindowMs: number } | undefined
   streamHeartbeatMs: number
@@ -135,6 +142,24 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
     if (ms <= 0) throw invalidOption(name, 'must be positive')
     return ms
   }
+  const cleanup = input.cleanup
+  if (cleanup !== undefined && (typeof cleanup !== 'object' || cleanup === null || Array.isArray(cleanup))) {
+    throw invalidOption('cleanup', 'must be { allow?: { users?, groups?, roles?, scopes? } }')
+  }
+  const allow = cleanup?.allow
+  if (allow !== undefined) {
+    if (typeof allow !== 'object' || allow === null || Array.isArray(allow)) {
+      throw invalidOption('cleanup.allow', 'must be { users?, groups?, roles?, scopes? }')
+    }
+    for (const [kind, names] of Object.entries(allow)) {
+      if (!['users', 'groups', 'roles', 'scopes'].includes(kind)) {
+        throw invalidOption(`cleanup.allow.${kind}`, 'is not one of users, groups, roles, scopes')
+      }
+      if (!Array.isArray(names) || names.some((name) => typeof name !== 'string')) {
+        throw invalidOption(`cleanup.allow.${kind}`, 'must be an array of strings')
+      }
+    }
+  }
   const maxStreams = input.maxStreamsPerCaller ?? DEFAULTS.maxStreamsPerCaller
   if (!isPositiveInteger(maxStreams)) throw invalidOption('maxStreamsPerCaller', 'must be a positive integer')
   return {
@@ -148,7 +173,10 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
     authenticate: input.authenticate,
     allowAnonymous: input.allowAnonymous ?? input.authenticate === undefined,
     challenge: input.challenge ?? DEFAULTS.challenge,
-    policy: input.adminRole === undefined ? {} : { adminRole: input.adminRole },
+    policy: {
+      ...(input.adminRole === undefined ? {} : { adminRole: input.adminRole }),
+      ...(allow === undefined ? {} : { cleanup: allow }),
+    },
     maxActivePerOwner: maxActive,
     rateLimit: rateLimit && { max: rateLimit.max, timeWindowMs: timeWindowMs! },
     streamHeartbeatMs: positiveMs('streamHeartbeat'),

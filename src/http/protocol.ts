@@ -3,7 +3,9 @@ import type { Engine } from '../core/engine.js'
 import { LongrunError } from '../core/errors.js'
 import { isTerminal, OPERATION_STATES, type OperationState } from '../core/operation.js'
 import type { Principal } from '../core/permissions.js'
-import type { HistoryEntry, Operation } from '../core/types.js'
+import type { CleanupRun } from '../core/cleanup.js'
+import type { QuerySort } from '../core/store.js'
+import type { HistoryEntry, Operation, Page } from '../core/types.js'
 import { credentialHeaders, unauthorized } from './auth.js'
 import { entityTag, httpDate, mergeVary, noneMatch, OWNER_SCOPED } from './caching.js'
 import { negotiate, serialize } from './formats.js'
@@ -17,6 +19,7 @@ import {
   type ResolvedAsyncRoute,
   type SchemaTypeProvider,
 } from './route.js'
+import { bodyConditions, queryConditions } from './filters.js'
 import { validateStandard } from './schema.js'
 import { callerKey, preferences, Realtime } from './realtime.js'
 import { invalidQuery, singleParameter } from './query.js'
@@ -66,9 +69,7 @@ export class OperationsProtocol {
     this.options = options
     this.#vary = credentialHeaders(options.authenticate)
     this.#submitter = new Submitter(engine, options)
-    this.#realtime = new Realtime(options, engine.pollMs, (group) =>
-      [...this.#routes.values()].filter((route) => route.sseGroup === group).map((route) => route.name),
-    )
+    this.#realtime = new Realtime(options, engine.pollMs, this.#groupNames)
   }
 
   /**
@@ -285,12 +286,65 @@ export class OperationsProtocol {
     return { status: 204, headers: {} }
   }
 
+  /**
+   * `GET {base}`: a page of what the caller may read, newest first; `state` (a comma list) and
+   * `name` as always, and any filter of docs/query.md in the query-string form, with `sort`.
+   */
   async list(access: OperationAccess, request: Pick<LiveRequest, 'headers' | 'query'>): Promise<HttpReply> {
     const { query } = request
     const states = parseStates(query.state)
     const name = singleParameter(query.name, 'name')
+    const where = queryConditions(query, LIST_PARAMETERS, this.#groupNames)
+    const { limit, cursor, sort } = this.#pageOf(query)
+    const filter = {
+      ...(states ? { states } : {}),
+      ...(name !== undefined ? { name } : {}),
+      ...(cursor !== undefined ? { cursor } : {}),
+      limit,
+    }
+    // Without conditions or another order, the plain list: it needs no `Queryable` store.
+    const page =
+      where.length > 0 || sort === 'oldest' ? await access.query({ ...filter, where, sort }) : await access.list(filter)
+    const body = JSON.stringify(this.#pageBody(page, sort))
+    return this.#validated({ status: 200, headers: { 'content-type': JSON_TYPE }, body }, request)
+  }
+
+  /**
+   * `POST {base}/query`: the page of what the caller may read that meets every condition of the
+   * body (Pode's form: `{ "<field>": { "op": "<operator>", "value": ... } }`); `limit`, `cursor`
+   * and `sort` in the query string.
+   */
+  async query(access: OperationAccess, request: Pick<LiveRequest, 'query'> & { body: unknown }): Promise<HttpReply> {
+    for (const parameter of Object.keys(request.query)) {
+      if (!PAGE_PARAMETERS.includes(parameter)) {
+        throw invalidQuery(
+          parameter,
+          'is not a parameter of the query (limit, cursor, sort): conditions go in the body',
+        )
+      }
+    }
+    const where = bodyConditions(request.body, this.#groupNames)
+    const { limit, cursor, sort } = this.#pageOf(request.query)
+    const page = await access.query({ where, sort, limit, ...(cursor !== undefined ? { cursor } : {}) })
+    return { status: 200, headers: { 'content-type': JSON_TYPE }, body: JSON.stringify(this.#pageBody(page, sort)) }
+  }
+
+  #pageBody(page: Page, sort: QuerySort) {
+    return {
+      items: page.items.map((op) => toResource(op, this.options)),
+      nextCursor: page.nextCursor === undefined ? null : encodeCursor(page.nextCursor, sort),
+    }
+  }
+
+  /** `limit`, `cursor` and `sort` of a page. */
+  #pageOf(query: Record<string, unknown>): { limit: number; cursor: string | undefined; sort: QuerySort } {
+    const sortText = singleParameter(query.sort, 'sort')
+    if (sortText !== undefined && sortText !== 'newest' && sortText !== 'oldest') {
+      throw invalidQuery('sort', "must be 'newest' or 'oldest'")
+    }
+    const sort = sortText ?? 'newest'
     const cursorText = singleParameter(query.cursor, 'cursor')
-    const cursor = cursorText === undefined ? undefined : decodeCursor(cursorText)
+    const cursor = cursorText === undefined ? undefined : decodeCursor(cursorText, sort)
     const limitText = singleParameter(query.limit, 'limit')
     let limit = this.options.defaultPageSize
     if (limitText !== undefined) {
@@ -298,18 +352,12 @@ export class OperationsProtocol {
       if (!/^\d+$/.test(limitText) || limit < 1) throw invalidQuery('limit', 'must be a positive integer')
       limit = Math.min(limit, this.options.maxPageSize)
     }
-    const page = await access.list({
-      ...(states ? { states } : {}),
-      ...(name !== undefined ? { name } : {}),
-      ...(cursor !== undefined ? { cursor } : {}),
-      limit,
-    })
-    const body = {
-      items: page.items.map((op) => toResource(op, this.options)),
-      nextCursor: page.nextCursor === undefined ? null : encodeCursor(page.nextCursor),
-    }
-    return this.#validated({ status: 200, headers: { 'content-type': JSON_TYPE }, body: JSON.stringify(body) }, request)
+    return { limit, cursor, sort }
   }
+
+  /** The names of the routes in an SSE group, for the `sseGroup` field of queries. */
+  readonly #groupNames = (group: string): string[] =>
+    [...this.#routes.values()].filter((route) => route.sseGroup === group).map((route) => route.name)
 
   /** Retries failed (or canceled) operations in bulk: `{ state?, name?, limit? }` in the body. */
   async retryAll(access: OperationAccess, body: unknown): Promise<HttpReply> {
@@ -332,9 +380,28 @@ export class OperationsProtocol {
     return { status: 200, headers: { 'content-type': JSON_TYPE }, body: { retried: ids.length, ids } }
   }
 
-  async stats(access: OperationAccess, request: Pick<LiveRequest, 'headers'>): Promise<HttpReply> {
-    const body = JSON.stringify(await access.stats())
+  /** `GET {base}/stats`: counts of what the caller may read; `state` and the filters of the list. */
+  async stats(access: OperationAccess, request: Pick<LiveRequest, 'headers' | 'query'>): Promise<HttpReply> {
+    const states = parseStates(request.query.state)
+    const where = queryConditions(request.query, STATS_PARAMETERS, this.#groupNames)
+    const body = JSON.stringify(await access.stats({ ...(states ? { states } : {}), where }))
     return this.#validated({ status: 200, headers: { 'content-type': JSON_TYPE }, body }, request)
+  }
+
+  /** `GET {base}/cleanup`: the cleanup service's status (docs/query.md); any caller may see it. */
+  cleanupStatus(access: OperationAccess): HttpReply {
+    const { lastRun, ...status } = access.cleanupStatus()
+    const body = { ...status, lastRun: lastRun && runResource(lastRun) }
+    return { status: 200, headers: { 'content-type': JSON_TYPE, 'cache-control': 'no-store' }, body }
+  }
+
+  /**
+   * `POST {base}/cleanup`: runs the cleanup now and answers the run (while one is in progress in
+   * this process, once it ends: that run). Admin role, or the `cleanup.allow` grant.
+   */
+  async runCleanup(access: OperationAccess): Promise<HttpReply> {
+    const run = await access.runCleanup()
+    return { status: 200, headers: { 'content-type': JSON_TYPE, 'cache-control': 'no-store' }, body: runResource(run) }
   }
 
   /**
@@ -375,26 +442,43 @@ export class OperationsProtocol {
 const lastChange = (op: Operation, history: HistoryEntry[]) =>
   Math.max(op.createdAt, op.startedAt ?? 0, op.completedAt ?? 0, ...history.map((entry) => entry.at))
 
+/** A cleanup run as HTTP shows it: ISO times. */
+const runResource = (run: CleanupRun) => ({
+  ...run,
+  startedAt: new Date(run.startedAt).toISOString(),
+  endedAt: new Date(run.endedAt).toISOString(),
+})
+
+/** The query parameters the list reads itself; any other is a condition (or refused). */
+const PAGE_PARAMETERS: readonly string[] = ['limit', 'cursor', 'sort']
+const LIST_PARAMETERS: readonly string[] = ['state', 'name', ...PAGE_PARAMETERS]
+const STATS_PARAMETERS: readonly string[] = ['state']
+
 const invalidFilter = (field: string, why: string) =>
   new LongrunError('invalid-body', `Field '${field}' ${why}.`, { extra: { field } })
 
 // Clients get the store's cursor wrapped, so that a cursor the API never issued is refused here
 // rather than passed to the store, which may read it as anything (an empty page, the first page).
-function encodeCursor(storeCursor: string): string {
-  return Buffer.from(JSON.stringify({ after: storeCursor })).toString('base64url')
+// An oldest-first page's cursor says so: it goes on only in that order.
+function encodeCursor(storeCursor: string, sort: QuerySort): string {
+  const wrapped = sort === 'oldest' ? { after: storeCursor, sort } : { after: storeCursor }
+  return Buffer.from(JSON.stringify(wrapped)).toString('base64url')
 }
 
-function decodeCursor(text: string): string {
+function decodeCursor(text: string, sort: QuerySort): string {
+  let wrapped: { after?: unknown; sort?: unknown } | undefined
   if (CURSOR.test(text)) {
     try {
       const value: unknown = JSON.parse(Buffer.from(text, 'base64url').toString('utf8'))
-      const after = typeof value === 'object' && value !== null ? (value as { after?: unknown }).after : undefined
-      if (typeof after === 'string') return after
+      if (typeof value === 'object' && value !== null) wrapped = value
     } catch {
       // not one of ours
     }
   }
-  throw invalidQuery('cursor', 'is not a cursor from a previous page')
+  if (typeof wrapped?.after !== 'string') throw invalidQuery('cursor', 'is not a cursor from a previous page')
+  if ((wrapped.sort ?? 'newest') !== sort)
+    throw invalidQuery('cursor', `is from a page in another order than '${sort}'`)
+  return wrapped.after
 }
 
 function parseStates(value: unknown, invalid = invalidQuery): OperationState[] | undefined {

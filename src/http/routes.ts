@@ -30,6 +30,9 @@ export interface OperationRoute {
 export const OPERATION_ROUTES: readonly OperationRoute[] = [
   { method: 'GET', path: '', name: 'list', answer: (p, a, r) => p.list(a, r) },
   { method: 'GET', path: '/stats', name: 'stats', answer: (p, a, r) => p.stats(a, r) },
+  { method: 'POST', path: '/query', name: 'query', answer: (p, a, r) => p.query(a, r) },
+  { method: 'GET', path: '/cleanup', name: 'cleanupStatus', answer: async (p, a) => p.cleanupStatus(a) },
+  { method: 'POST', path: '/cleanup', name: 'cleanup', answer: (p, a) => p.runCleanup(a) },
   { method: 'GET', path: '/events', name: 'feed', answer: (p, a, r) => p.feed(a, r) },
   { method: 'POST', path: '/retry', name: 'retryAll', answer: (p, a, r) => p.retryAll(a, r.body) },
   { method: 'GET', path: '/:id', name: 'status', answer: (p, a, r) => p.status(a, r.id, r) },
@@ -58,8 +61,8 @@ export function matchOperationRoute(method: string, path: string): { route: Oper
 
 /**
  * The methods a path under `basePath` answers, for `Allow` and CORS preflights: those of every
- * route it matches (`/stats` is also an id for `DELETE /:id`), with `HEAD` for `GET`. Empty: no
- * such resource.
+ * route it matches (`/stats`, `/query` and `/cleanup` are also ids for `DELETE /:id`, and `/query`
+ * for `GET /:id`), with `HEAD` for `GET`. Empty: no such resource.
  */
 export function allowedMethods(path: string): string[] {
   const methods = new Set<string>()
