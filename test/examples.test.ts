@@ -1,11 +1,12 @@
 import { execFile } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
 import { buildApp } from '../examples/basic/app.js'
 import { buildApp as buildRealtimeApp } from '../examples/realtime/app.js'
+import { buildDemoApp } from '../examples/demo/app.js'
 
 describe('the README example (examples/basic)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'longrun-example-'))
@@ -128,4 +129,28 @@ describe('the client examples, against the README app', () => {
     expect(stdout).toContain('progress:')
     expect(stdout).toMatch(/result: \{\s+customer: 'ACME'/)
   }, 30_000)
+})
+
+describe('the curl examples of docs/query.md, against the demo', () => {
+  it('answer 2xx, as written', async () => {
+    const docs = readFileSync(new URL('../docs/query.md', import.meta.url), 'utf8')
+    // Blocks that start the server themselves or hold a placeholder (`...`) are illustrations.
+    const blocks = [...docs.matchAll(/```sh\n([\s\S]*?)```/g)]
+      .map((match) => match[1]!)
+      .filter((block) => !block.includes('npm start') && !/\.\.\.['"&]/.test(block))
+    expect(blocks.length).toBeGreaterThanOrEqual(5)
+    const app = await buildDemoApp({ store: 'memory', logLevel: 'silent', poll: 20 })
+    try {
+      const base = await app.listen({ port: 0, host: '127.0.0.1' })
+      for (const block of blocks) {
+        // Every curl of the block must get a 2xx: --fail-with-body turns anything else into an exit code.
+        const script = `curl() { command curl --fail-with-body -w '\n' "$@"; }\n${block.replaceAll('http://127.0.0.1:3000', base)}`
+        const { stdout } = await promisify(execFile)('bash', ['-euo', 'pipefail', '-c', script], { timeout: 20_000 })
+        for (const line of stdout.split('\n').filter(Boolean)) expect(() => JSON.parse(line), line).not.toThrow()
+        await new Promise((resolve) => setTimeout(resolve, 300))
+      }
+    } finally {
+      await app.close()
+    }
+  }, 60_000)
 })

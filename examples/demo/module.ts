@@ -41,8 +41,11 @@ export function demoIndex(app: FastifyInstance, jwtSecret: string | undefined): 
       noop: 'POST /api/v1/demo/tasks/noop {"delayMs":0} (does nothing: for load and scale tests)',
     },
     operations: {
-      list: 'GET /operations?state=&name=&limit=&cursor=',
-      stats: 'GET /operations/stats',
+      list: 'GET /operations?state=&name=&limit=&cursor=&sort= and conditions: createdAt[ge]=...&input.delayMs[gt]=1000',
+      query:
+        'POST /operations/query {"state":{"op":"EQ","value":"failed"},"input.description":{"op":"LIKE","value":"acme*"}}',
+      stats: 'GET /operations/stats (takes the list conditions)',
+      cleanup: 'GET /operations/cleanup (status), POST /operations/cleanup (run now: admin)',
       status: 'GET /operations/{id}',
       result: 'GET /operations/{id}/result',
       error: 'GET /operations/{id}/error',
