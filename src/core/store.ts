@@ -18,6 +18,7 @@ import type {
   StatsRow,
 } from './types.js'
 import type { Condition } from './query.js'
+import type { DeliveryState, HistoryEvent } from './types.js'
 import type { TerminalState } from './operation.js'
 
 /**
@@ -154,32 +155,72 @@ export function hasEventFeed(store: Store): store is Store & EventFeed {
 }
 
 /**
- * A store that keeps messages to send about operations (webhook deliveries) in the same transaction
- * as the change they report, and hands each to one sender at a time: nothing acknowledged is lost.
- * No bundled store offers it yet.
+ * A store that keeps the messages to send about operations (webhook deliveries): for each event it
+ * writes whose type an operation's `subscriptions` name, one message per subscribed target, in the
+ * same transaction as the event; and hands each due message to one sender at a time, so that
+ * nothing acknowledged is lost (a sender that dies leaves its messages to be claimed again when its
+ * lease lapses: delivery is at least once).
  */
 export interface Outbox {
-  /** Takes up to `limit` due messages for `sender` until `now + leaseMs`. */
+  /**
+   * Takes up to `limit` messages for `sender` until `now + leaseMs`, oldest first: `pending` ones
+   * due by `now`, and `delivering` ones whose sender's lease lapsed. They become `delivering` (and so
+   * does the operation's `callback.state`, for `callback` messages).
+   */
   claimMessages(sender: string, limit: number, leaseMs: number, now: number): Promise<OutboxMessage[]>
-  /** Records a delivery attempt of a claimed message: `retryAt` to try again, none to give up or finish. */
-  recordDelivery(message: OutboxMessage, attempt: DeliveryAttempt, retryAt: number | undefined): Promise<boolean>
+  /**
+   * Records an attempt of a message `sender` still holds (`false` and no change otherwise), then:
+   * `retryAt` makes it `pending` again until then; without, it ends `delivered` when the attempt is
+   * `ok`, else `failed`. For `callback` messages the operation's `callback` status follows.
+   */
+  recordDelivery(message: OutboxMessage, attempt: DeliveryAttempt, retryAt?: number): Promise<boolean>
+  /** The operation's messages with their attempts, oldest first; `[]` for none or no operation. */
+  deliveries(operationId: string): Promise<Delivery[]>
+  /** Makes the operation's `delivered` and `failed` messages `pending` again, due `now`; returns how many. */
+  redeliver(operationId: string, now: number): Promise<number>
+  /**
+   * Stops sending to `target` (an endpoint answered 410 Gone): its pending messages end `failed`,
+   * and messages made for it later are made `failed`.
+   */
+  disableTarget(target: string, now: number): Promise<void>
 }
 
 export interface OutboxMessage {
+  /** Stable across attempts, senders and restarts: the `webhook-id` receivers deduplicate by. */
   id: string
   operationId: string
-  /** The `seq` of the event it reports. */
+  /** The `seq` of the event it reports, and the event. */
   seq: number
+  event: HistoryEvent
+  /** When the event was written. */
+  at: number
   target: string
-  attempt: number
+  /** Attempts made before this claim. */
+  attempts: number
+  /** Who holds it. */
   sender: string
 }
 
 export interface DeliveryAttempt {
   at: number
+  durationMs: number
+  /** A 2xx answer. */
   ok: boolean
+  /** The answer's status; none when there was no answer (refused, timed out...). */
   status?: number
   error?: string
+}
+
+/** A message as `GET {base}/{id}/deliveries` shows it. */
+export interface Delivery {
+  id: string
+  seq: number
+  event: HistoryEvent
+  target: string
+  state: DeliveryState
+  /** When it is due again, while `pending`. */
+  nextAttemptAt?: number
+  attempts: DeliveryAttempt[]
 }
 
 export function hasOutbox(store: Store): store is Store & Outbox {

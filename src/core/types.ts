@@ -68,9 +68,48 @@ export interface Operation {
   /** Worker holding the lease while `running`. */
   worker?: string
   leaseExpiresAt?: number
+  /** The operation's own callback, resolved from its route and request at submit, and how it is doing. */
+  callback?: Callback & CallbackStatus
+  /**
+   * Which of its events make webhook messages, and for whom: fixed at submit (its callback, and the
+   * app-wide endpoints subscribed to its name then). Each matching event is written to the outbox
+   * in the same transaction as the event.
+   */
+  subscriptions?: Subscription[]
 }
 
-export type NewOperation = Pick<
+/** Where and how an operation's callback is sent (Pode's callback settings). */
+export interface Callback {
+  url: string
+  method: 'POST' | 'PUT'
+  contentType: 'application/json' | 'application/xml' | 'application/yaml'
+  headers: Record<string, string>
+  /** Whether the message carries the operation's result. */
+  sendResult: boolean
+}
+
+export type DeliveryState = 'pending' | 'delivering' | 'delivered' | 'failed'
+
+/** How an operation's callback is doing (Pode's `CallbackInfo`): that of its latest message. */
+export interface CallbackStatus {
+  /** `pending` also before any message exists, e.g. while the operation runs. */
+  state: DeliveryState
+  /** Delivery attempts of the callback's messages so far. */
+  attempts: number
+  lastAttemptAt?: number
+  /** The HTTP status of the last attempt; none when it got no answer. */
+  lastStatus?: number
+}
+
+/** One target's interest in an operation's events. */
+export interface Subscription {
+  /** `callback`: the operation's own callback; else the id of an app-wide webhook endpoint. */
+  target: string
+  /** The events that make a message, e.g. the terminal ones. */
+  events: HistoryEvent[]
+}
+
+export type NewOperation = { callback?: Callback } & Pick<
   Operation,
   | 'id'
   | 'name'
@@ -80,6 +119,7 @@ export type NewOperation = Pick<
   | 'query'
   | 'headers'
   | 'requestId'
+  | 'subscriptions'
   | 'maxAttempts'
   | 'cancelable'
   | 'timeoutMs'

@@ -12,21 +12,27 @@ import type { Condition, ConditionValue } from '../core/query.js'
 import {
   hasEventFeed,
   hasEventLog,
+  hasOutbox,
   isExclusive,
   isQueryable,
   isTrimmable,
   type EventFeed,
   type EventLog,
+  type Delivery,
+  type DeliveryAttempt,
   type Exclusive,
   type FeedEntry,
   type FeedQuery,
+  type Outbox,
   type Queryable,
   type QuerySort,
   type Store,
   type Trimmable,
 } from '../core/store.js'
 import type {
+  Callback,
   HistoryEntry,
+  HistoryEvent,
   IdempotencyKey,
   Lease,
   ListQuery,
@@ -171,8 +177,9 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
           timeoutMs: null,
           createdAt: T0 + 5,
         })
+        const { callback: _callback, ...fields } = structuredClone(fresh)
         const expected: Operation = {
-          ...structuredClone(fresh),
+          ...fields,
           state: 'queued',
           progress: { percent: 0 },
           attempt: 0,
@@ -1853,6 +1860,341 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         )
         expect((failed as Error).message).toBe('chore failed')
         expect(await x.exclusively('chore', async () => undefined)).toEqual({ value: undefined })
+      })
+    })
+
+    describe('outbox', () => {
+      let box: Store & Outbox
+
+      beforeEach(({ skip }) => {
+        if (!hasOutbox(store)) skip()
+        box = store as Store & Outbox
+      })
+
+      const CALLBACK: Callback = {
+        url: 'https://receiver.test/hook?x=1',
+        method: 'PUT',
+        contentType: 'application/json',
+        headers: { authorization: 'Bearer t', 'x-tenant': 'é' },
+        sendResult: true,
+      }
+      const TERMINAL: HistoryEvent[] = ['succeeded', 'failed', 'canceled']
+      /** Its callback for the terminal events, and the app-wide endpoint `hooks.a-1` for submit and success. */
+      const subscribed = (overrides: Partial<NewOperation> = {}): Partial<NewOperation> => ({
+        callback: CALLBACK,
+        subscriptions: [
+          { target: 'callback', events: TERMINAL },
+          { target: 'hooks.a-1', events: ['submitted', 'succeeded'] },
+        ],
+        ...overrides,
+      })
+      /** An endpoint's interest in `submitted` only: a message as soon as the operation is inserted. */
+      const onSubmit = (target: string, overrides: Partial<NewOperation> = {}) =>
+        newOp({ subscriptions: [{ target, events: ['submitted'] }], ...overrides })
+      const answered = (at: number, status: number): DeliveryAttempt => ({
+        at,
+        durationMs: 12,
+        ok: status >= 200 && status < 300,
+        status,
+      })
+      const shape = (deliveries: Delivery[]) => deliveries.map(({ event, target, state }) => ({ event, target, state }))
+      const claimAll = (sender: string, now: number) => box.claimMessages(sender, 1_000, LEASE, now)
+
+      it('round-trips the callback and the subscriptions; the callback starts pending with no attempts', async () => {
+        const fresh = newOp(subscribed({ createdAt: T0 + 5 }))
+        const { callback: _callback, ...fields } = structuredClone(fresh)
+        const expected: Operation = {
+          ...fields,
+          callback: { ...CALLBACK, state: 'pending', attempts: 0 },
+          state: 'queued',
+          progress: { percent: 0 },
+          attempt: 0,
+          cancelRequested: false,
+          runAt: T0 + 5,
+        }
+        expect(await store.insert(fresh)).toStrictEqual(expected)
+        expect(await store.get(fresh.id)).toStrictEqual(expected)
+        expect((await store.list({ limit: 10 })).items).toStrictEqual([expected])
+        // An operation without either shows neither.
+        const plain = await store.insert(newOp())
+        expect(Object.keys(plain)).not.toContain('callback')
+        expect(Object.keys((await store.get(plain.id))!)).not.toContain('subscriptions')
+        // A callback without subscriptions is kept too, and empty subscriptions stay empty.
+        const quiet = await store.insert(newOp({ callback: CALLBACK, subscriptions: [] }))
+        expect(await store.get(quiet.id)).toMatchObject({
+          callback: { state: 'pending', attempts: 0 },
+          subscriptions: [],
+        })
+      })
+
+      it('writes one message per subscribed event and target with the event, and none for the others', async () => {
+        const op = await running(subscribed())
+        await store.progress(leaseOf(op), { percent: 50 }, T0 + 1)
+        await store.settle(leaseOf(op), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN }, T0 + 2)
+        const deliveries = await box.deliveries(op.id)
+        expect(shape(deliveries)).toEqual([
+          { event: 'submitted', target: 'hooks.a-1', state: 'pending' },
+          { event: 'succeeded', target: 'callback', state: 'pending' },
+          { event: 'succeeded', target: 'hooks.a-1', state: 'pending' },
+        ])
+        // Each message reports its event by the event's seq, and is due from the event's time.
+        const history = await store.history(op.id)
+        const seqOf = (event: HistoryEvent) => history.find((entry) => entry.event === event)!.seq
+        expect(deliveries.map((d) => d.seq)).toEqual([seqOf('submitted'), seqOf('succeeded'), seqOf('succeeded')])
+        expect(deliveries.map((d) => d.nextAttemptAt)).toEqual([T0, T0 + 2, T0 + 2])
+        expect(deliveries.every((d) => d.attempts.length === 0)).toBe(true)
+        expect(new Set(deliveries.map((d) => d.id)).size).toBe(3)
+        // One spelling on every store: the id is the webhook-id receivers deduplicate by.
+        expect(deliveries.map((d) => d.id)).toEqual(deliveries.map((d) => `msg_${op.id}_${d.seq}_${d.target}`))
+        const claimed = await claimAll('s1', T0 + 2)
+        expect(claimed).toStrictEqual(
+          deliveries.map((d, i) => ({
+            id: d.id,
+            operationId: op.id,
+            seq: d.seq,
+            event: d.event,
+            at: i === 0 ? T0 : T0 + 2,
+            target: d.target,
+            attempts: 0,
+            sender: 's1',
+          })),
+        )
+        // Operations without subscriptions make none; unknown ones have none.
+        const plain = await running()
+        await store.settle(leaseOf(plain), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN }, T0 + 2)
+        expect(await box.deliveries(plain.id)).toEqual([])
+        expect(await box.deliveries('no-such-op')).toEqual([])
+        expect(await claimAll('s2', T0 + 100)).toEqual([])
+      })
+
+      it('writes the messages of every event it records: attempts, lease losses, retries, releases', async () => {
+        const events: HistoryEvent[] = ['started', 'lease-lost', 'retry-scheduled', 'released', 'failed', 'retried']
+        const first = await running({ maxAttempts: 3, subscriptions: [{ target: 'all', events }] })
+        const [second] = await store.claim('w2', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE)
+        await store.settle(leaseOf(second!), { state: 'queued', error: boom, runAt: T0 + LEASE }, T0 + LEASE)
+        const [third] = await store.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE)
+        await store.release(leaseOf(third!), T0 + LEASE)
+        const [fourth] = await store.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0 + LEASE)
+        await store.settle(leaseOf(fourth!), { state: 'failed', error: boom, expiresAt: T0 + RETAIN }, T0 + LEASE)
+        await store.requeue(first.id, 1, T0 + LEASE + 1, 'bob')
+        const deliveries = await box.deliveries(first.id)
+        expect(deliveries.map((d) => d.event)).toEqual([
+          'started',
+          'lease-lost',
+          'started',
+          'retry-scheduled',
+          'started',
+          'released',
+          'started',
+          'failed',
+          'retried',
+        ])
+        expectIncreasing(deliveries as unknown as HistoryEntry[])
+      })
+
+      it("writes the 'canceled' message of a queued operation canceled at once", async () => {
+        const op = await store.insert(newOp(subscribed()))
+        await store.cancel(op.id, T0 + 5, T0 + RETAIN, 'bob')
+        const deliveries = await box.deliveries(op.id)
+        expect(shape(deliveries)).toEqual([
+          { event: 'submitted', target: 'hooks.a-1', state: 'pending' },
+          { event: 'canceled', target: 'callback', state: 'pending' },
+        ])
+        expect(deliveries[1]!.nextAttemptAt).toBe(T0 + 5)
+      })
+
+      it('claims due messages oldest first, up to the limit, and none before they are due', async () => {
+        const ops = [T0, T0 + 1, T0 + 2].map((createdAt) => onSubmit('hooks.a', { createdAt }))
+        for (const op of ops) await store.insert(op)
+        expect((await box.claimMessages('s1', 5, LEASE, T0)).map((m) => m.operationId)).toEqual([ops[0]!.id])
+        expect((await box.claimMessages('s1', 1, LEASE, T0 + 5)).map((m) => m.operationId)).toEqual([ops[1]!.id])
+        expect((await box.claimMessages('s1', 5, LEASE, T0 + 5)).map((m) => m.operationId)).toEqual([ops[2]!.id])
+        // Held while their leases last.
+        expect(await claimAll('s2', T0 + LEASE - 1)).toEqual([])
+      })
+
+      it('never hands one message to two of many concurrent senders', async () => {
+        const made = Array.from({ length: 12 }, (_, i) => onSubmit(`hooks.${i % 3}`))
+        for (const op of made) await store.insert(op)
+        const claims = await Promise.all(Array.from({ length: 6 }, (_, i) => box.claimMessages(`s${i}`, 3, LEASE, T0)))
+        const claimed = claims.flat()
+        expect(new Set(claimed.map((m) => m.id)).size).toBe(claimed.length)
+        // Concurrent claims skip what another takes rather than wait for it, so some may come back short.
+        const rest = await claimAll('late', T0)
+        expect(claimed.length + rest.length).toBe(12)
+        expect(new Set([...claimed, ...rest].map((m) => m.id)).size).toBe(12)
+        expect(await claimAll('later', T0 + LEASE - 1)).toEqual([])
+      })
+
+      it("gives a message whose sender's lease lapsed to another, and refuses the first sender's late record", async () => {
+        await store.insert(onSubmit('hooks.a'))
+        const [first] = await box.claimMessages('s1', 1, LEASE, T0)
+        expect(await claimAll('s2', T0 + LEASE - 1)).toEqual([])
+        const [second] = await claimAll('s2', T0 + LEASE)
+        expect(second).toStrictEqual({ ...first!, sender: 's2' })
+        expect(await box.recordDelivery(first!, answered(T0 + LEASE, 200))).toBe(false)
+        expect((await box.deliveries(first!.operationId))[0]).toMatchObject({ state: 'delivering', attempts: [] })
+        // s2 fails and retries later; s1 claims it again, and its record of the first claim is refused.
+        expect(await box.recordDelivery(second!, answered(T0 + LEASE, 503), T0 + LEASE + 10)).toBe(true)
+        const [third] = await claimAll('s1', T0 + LEASE + 10)
+        expect(third).toStrictEqual({ ...first!, attempts: 1 })
+        expect(await box.recordDelivery(first!, answered(T0 + LEASE + 11, 200))).toBe(false)
+        expect(await box.recordDelivery(second!, answered(T0 + LEASE + 11, 200))).toBe(false)
+        expect(await box.recordDelivery(third!, answered(T0 + LEASE + 12, 204))).toBe(true)
+        const [delivery] = await box.deliveries(first!.operationId)
+        expect(delivery).toMatchObject({ state: 'delivered' })
+        expect(delivery!.attempts.map((a) => a.status)).toEqual([503, 204])
+        // A message delivered is held by none.
+        expect(await box.recordDelivery(third!, answered(T0 + LEASE + 13, 200))).toBe(false)
+      })
+
+      it('makes a message retried pending until its retryAt, with the attempt recorded', async () => {
+        const op = await store.insert(newOp({ ...subscribed(), cancelable: true }))
+        await store.cancel(op.id, T0, T0 + RETAIN)
+        const [message] = (await claimAll('s1', T0)).filter((m) => m.target === 'callback')
+        expect((await store.get(op.id))!.callback).toStrictEqual({ ...CALLBACK, state: 'delivering', attempts: 0 })
+        const attempt: DeliveryAttempt = { at: T0 + 1, durationMs: 30_000, ok: false, error: 'timed out' }
+        expect(await box.recordDelivery(message!, attempt, T0 + 500)).toBe(true)
+        const delivery = (await box.deliveries(op.id)).find((d) => d.id === message!.id)
+        expect(delivery).toStrictEqual({
+          id: message!.id,
+          seq: message!.seq,
+          event: 'canceled',
+          target: 'callback',
+          state: 'pending',
+          nextAttemptAt: T0 + 500,
+          attempts: [attempt],
+        })
+        expect((await store.get(op.id))!.callback).toStrictEqual({
+          ...CALLBACK,
+          state: 'pending',
+          attempts: 1,
+          lastAttemptAt: T0 + 1,
+        })
+        expect(await claimAll('s2', T0 + 499)).toEqual([])
+        expect(await claimAll('s2', T0 + 500)).toStrictEqual([{ ...message!, attempts: 1, sender: 's2' }])
+      })
+
+      it("ends a message delivered or failed, and the operation's callback status follows its callback's", async () => {
+        const ok = await finished('succeeded', T0 + RETAIN, subscribed())
+        const ko = await finished('failed', T0 + RETAIN, subscribed())
+        const claimed = await claimAll('s1', T0 + 10)
+        const find = (op: Operation, target: string) =>
+          claimed.find((m) => m.operationId === op.id && m.target === target && m.event !== 'submitted')!
+        expect((await store.get(ok.id))!.callback!.state).toBe('delivering')
+        expect(await box.recordDelivery(find(ok, 'callback'), answered(T0 + 11, 200))).toBe(true)
+        expect(await box.recordDelivery(find(ko, 'callback'), answered(T0 + 12, 410))).toBe(true)
+        // An endpoint's message leaves the callback status alone.
+        expect(await box.recordDelivery(find(ok, 'hooks.a-1'), answered(T0 + 13, 500))).toBe(true)
+        expect((await store.get(ok.id))!.callback).toStrictEqual({
+          ...CALLBACK,
+          state: 'delivered',
+          attempts: 1,
+          lastAttemptAt: T0 + 11,
+          lastStatus: 200,
+        })
+        expect((await store.get(ko.id))!.callback).toStrictEqual({
+          ...CALLBACK,
+          state: 'failed',
+          attempts: 1,
+          lastAttemptAt: T0 + 12,
+          lastStatus: 410,
+        })
+        expect(shape(await box.deliveries(ok.id))).toEqual([
+          { event: 'submitted', target: 'hooks.a-1', state: 'delivering' },
+          { event: 'succeeded', target: 'callback', state: 'delivered' },
+          { event: 'succeeded', target: 'hooks.a-1', state: 'failed' },
+        ])
+        // Ended messages are claimed by no one, even once their lease would have lapsed.
+        const left = await claimAll('s2', T0 + 10 + LEASE)
+        expect(left.map((m) => m.event)).toEqual(['submitted', 'submitted'])
+      })
+
+      it('lists the deliveries of an operation with every attempt, oldest first', async () => {
+        const op = await store.insert(onSubmit('hooks.a'))
+        const attempts: DeliveryAttempt[] = [
+          { at: T0 + 1, durationMs: 5, ok: false, error: 'connect ECONNREFUSED' },
+          { at: T0 + 20, durationMs: 40, ok: false, status: 502, error: 'Bad Gateway' },
+          { at: T0 + 300, durationMs: 7, ok: true, status: 200 },
+        ]
+        for (const [i, attempt] of attempts.entries()) {
+          const [message] = await claimAll(`s${i}`, attempt.at)
+          expect(message!.attempts).toBe(i)
+          const last = i === attempts.length - 1
+          expect(await box.recordDelivery(message!, attempt, last ? undefined : attempts[i + 1]!.at)).toBe(true)
+        }
+        const [delivery] = await box.deliveries(op.id)
+        expect(delivery).toMatchObject({ event: 'submitted', target: 'hooks.a', state: 'delivered' })
+        expect(delivery!.attempts).toStrictEqual(attempts)
+        expect(delivery).not.toHaveProperty('nextAttemptAt')
+      })
+
+      it('redelivers the delivered and failed messages of an operation, due at once', async () => {
+        const op = await finished('succeeded', T0 + RETAIN, subscribed())
+        const other = await store.insert(onSubmit('hooks.a'))
+        const mine = (await claimAll('s1', T0 + 10)).filter((m) => m.operationId === op.id)
+        expect(mine).toHaveLength(3)
+        // Delivered, failed, and one still being delivered, which stays so.
+        await box.recordDelivery(mine[1]!, answered(T0 + 11, 200))
+        await box.recordDelivery(mine[2]!, answered(T0 + 11, 500))
+        expect(await box.redeliver(op.id, T0 + 50)).toBe(2)
+        const deliveries = await box.deliveries(op.id)
+        expect(deliveries.map((d) => [d.state, d.nextAttemptAt])).toEqual([
+          ['delivering', undefined],
+          ['pending', T0 + 50],
+          ['pending', T0 + 50],
+        ])
+        expect((await store.get(op.id))!.callback).toMatchObject({ state: 'pending', attempts: 1, lastStatus: 200 })
+        expect(await claimAll('s2', T0 + 49)).toEqual([])
+        const again = await claimAll('s2', T0 + 50)
+        expect(again.map((m) => [m.id, m.attempts])).toEqual([
+          [mine[1]!.id, 1],
+          [mine[2]!.id, 1],
+        ])
+        expect(await box.redeliver(other.id, T0 + 50)).toBe(0)
+        expect(await box.redeliver('no-such-op', T0 + 50)).toBe(0)
+      })
+
+      it('fails the pending messages of a disabled target, and makes its later messages failed', async () => {
+        const gone = await store.insert(onSubmit('hooks.gone'))
+        const kept = await store.insert(onSubmit('hooks.kept'))
+        const held = await store.insert(onSubmit('hooks.gone', { createdAt: T0 + 1 }))
+        // One is being delivered: its sender records how that ends.
+        const [delivering] = await box.claimMessages('s1', 1, LEASE, T0)
+        expect(delivering!.operationId).toBe(gone.id)
+        await box.disableTarget('hooks.gone', T0 + 2)
+        expect(shape(await box.deliveries(held.id))).toEqual([
+          { event: 'submitted', target: 'hooks.gone', state: 'failed' },
+        ])
+        expect(shape(await box.deliveries(gone.id))[0]!.state).toBe('delivering')
+        expect(shape(await box.deliveries(kept.id))[0]!.state).toBe('pending')
+        const later = await store.insert(onSubmit('hooks.gone', { createdAt: T0 + 3 }))
+        const [made] = await box.deliveries(later.id)
+        expect(made).toMatchObject({ state: 'failed', attempts: [] })
+        expect(made).not.toHaveProperty('nextAttemptAt')
+        expect((await claimAll('s2', T0 + 3)).map((m) => m.operationId)).toEqual([kept.id])
+        // Disabling twice is fine.
+        await box.disableTarget('hooks.gone', T0 + 4)
+      })
+
+      it('forgets the messages and attempts of deleted, purged and trimmed operations', async () => {
+        const deleted = await finished('succeeded', T0 + RETAIN, subscribed())
+        const purged = await finished('failed', T0 + 100, subscribed())
+        const live = await store.insert(onSubmit('hooks.a'))
+        for (const message of await claimAll('s1', T0 + 10)) {
+          await box.recordDelivery(message, answered(T0 + 11, 500), T0 + 20)
+        }
+        expect(await store.delete(deleted.id)).toBe(true)
+        expect(await store.purge(T0 + 100, 10)).toBe(1)
+        expect(await box.deliveries(deleted.id)).toEqual([])
+        expect(await box.deliveries(purged.id)).toEqual([])
+        expect(await box.redeliver(deleted.id, T0 + 20)).toBe(0)
+        expect((await claimAll('s2', T0 + 20)).map((m) => m.operationId)).toEqual([live.id])
+        if (isTrimmable(store)) {
+          const trimmed = await finished('canceled', T0 + RETAIN, subscribed())
+          expect(await store.trim({ canceled: 0 }, 10)).toBe(1)
+          expect(await box.deliveries(trimmed.id)).toEqual([])
+        }
       })
     })
 

@@ -7,7 +7,11 @@ import type {
   FeedEntry,
   FeedPage,
   FeedQuery,
+  Delivery,
+  DeliveryAttempt,
   KeepCounts,
+  Outbox,
+  OutboxMessage,
   Queryable,
   QuerySort,
   Store,
@@ -15,7 +19,9 @@ import type {
 } from '../../core/store.js'
 import type {
   ClaimRequest,
+  DeliveryState,
   HistoryEntry,
+  HistoryEvent,
   IdempotencyKey,
   IdempotencyLookup,
   IdempotentInsert,
@@ -33,6 +39,7 @@ import type {
   StatsRow,
 } from '../../core/types.js'
 import { cursorPosition } from '../cursor.js'
+import { CALLBACK_TARGET, messageId, newCallback, stateAfter } from '../outbox.js'
 import { keptCounts } from '../query.js'
 import { matcher } from './query.js'
 
@@ -41,7 +48,23 @@ interface Entry {
   op: Operation
 }
 
-export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimmable {
+/** An outbox message as the memory store keeps it. */
+interface Message {
+  id: string
+  operationId: string
+  seq: number
+  event: HistoryEvent
+  at: number
+  target: string
+  state: DeliveryState
+  attempts: DeliveryAttempt[]
+  /** When it is due while `pending`. */
+  dueAt: number
+  sender?: string
+  leaseExpiresAt?: number
+}
+
+export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimmable, Outbox {
   // Insertion order is `seq` order, which list() walks backwards for newest first.
   readonly #entries = new Map<string, Entry>()
   readonly #history = new Map<string, HistoryEntry[]>()
@@ -53,6 +76,9 @@ export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimm
   #eventSeq = 0
   // Every operation's events in `seq` order, for the feed; trimmed with the operations.
   #log: FeedEntry[] = []
+  // Insertion order is creation order: claims take the oldest first.
+  readonly #messages = new Map<string, Message>()
+  readonly #disabled = new Set<string>()
 
   async insert(input: NewOperation): Promise<Operation> {
     return this.#insert(input)
@@ -60,8 +86,10 @@ export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimm
 
   #insert(input: NewOperation): Operation {
     if (this.#entries.has(input.id)) throw duplicateOperationId(input.id)
+    const { callback, ...fields } = input
     const op: Operation = {
-      ...structuredClone(input),
+      ...structuredClone(fields),
+      ...(callback ? { callback: newCallback(callback) } : {}),
       state: 'queued',
       progress: { percent: 0 },
       attempt: 0,
@@ -369,6 +397,7 @@ export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimm
       this.#history.delete(id)
     }
     this.#log = this.#log.filter((entry) => !ids.has(entry.operationId))
+    for (const [id, message] of this.#messages) if (ids.has(message.operationId)) this.#messages.delete(id)
     for (const [slot, used] of this.#keys) if (ids.has(used.operationId)) this.#keys.delete(slot)
   }
 
@@ -390,6 +419,103 @@ export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimm
     const history = this.#history.get(op.id)
     if (history) history.push(entry)
     else this.#history.set(op.id, [entry])
+    for (const { target, events } of op.subscriptions ?? []) {
+      if (!events.includes(entry.event)) continue
+      const id = messageId(op.id, entry.seq, target)
+      const state = this.#disabled.has(target) ? 'failed' : 'pending'
+      const message = { id, operationId: op.id, seq: entry.seq, event: entry.event, at: entry.at, target }
+      this.#messages.set(id, { ...message, state, attempts: [], dueAt: entry.at })
+    }
+  }
+
+  async claimMessages(sender: string, limit: number, leaseMs: number, now: number): Promise<OutboxMessage[]> {
+    const claimed: OutboxMessage[] = []
+    for (const message of this.#messages.values()) {
+      if (claimed.length >= limit) break
+      const due = message.state === 'pending' && message.dueAt <= now
+      const lapsed = message.state === 'delivering' && message.leaseExpiresAt! <= now
+      if (!due && !lapsed) continue
+      message.state = 'delivering'
+      message.sender = sender
+      message.leaseExpiresAt = now + leaseMs
+      this.#callbackFollows(message, (status) => (status.state = 'delivering'))
+      const { id, operationId, seq, event, at, target } = message
+      claimed.push({ id, operationId, seq, event, at, target, attempts: message.attempts.length, sender })
+    }
+    return claimed
+  }
+
+  async recordDelivery(claimed: OutboxMessage, attempt: DeliveryAttempt, retryAt?: number): Promise<boolean> {
+    const message = this.#messages.get(claimed.id)
+    // The sender and the attempts made before its claim fence off a sender whose lease was taken over.
+    if (
+      !message ||
+      message.state !== 'delivering' ||
+      message.sender !== claimed.sender ||
+      message.attempts.length !== claimed.attempts
+    ) {
+      return false
+    }
+    message.attempts.push(structuredClone(attempt))
+    message.state = stateAfter(attempt.ok, retryAt)
+    if (retryAt !== undefined) message.dueAt = retryAt
+    delete message.sender
+    delete message.leaseExpiresAt
+    this.#callbackFollows(message, (status) => {
+      status.state = message.state
+      status.attempts++
+      status.lastAttemptAt = attempt.at
+      if (attempt.status === undefined) delete status.lastStatus
+      else status.lastStatus = attempt.status
+    })
+    return true
+  }
+
+  async deliveries(operationId: string): Promise<Delivery[]> {
+    const found: Delivery[] = []
+    for (const message of this.#messages.values()) {
+      if (message.operationId !== operationId) continue
+      const { id, seq, event, target, state } = message
+      found.push({
+        id,
+        seq,
+        event,
+        target,
+        state,
+        ...(state === 'pending' ? { nextAttemptAt: message.dueAt } : {}),
+        attempts: structuredClone(message.attempts),
+      })
+    }
+    return found
+  }
+
+  async redeliver(operationId: string, now: number): Promise<number> {
+    let redelivered = 0
+    for (const message of this.#messages.values()) {
+      if (message.operationId !== operationId) continue
+      if (message.state !== 'delivered' && message.state !== 'failed') continue
+      message.state = 'pending'
+      message.dueAt = now
+      this.#callbackFollows(message, (status) => (status.state = 'pending'))
+      redelivered++
+    }
+    return redelivered
+  }
+
+  async disableTarget(target: string, _now: number): Promise<void> {
+    this.#disabled.add(target)
+    for (const message of this.#messages.values()) {
+      if (message.target !== target || message.state !== 'pending') continue
+      message.state = 'failed'
+      this.#callbackFollows(message, (status) => (status.state = 'failed'))
+    }
+  }
+
+  /** Applies `change` to the operation's callback status when `message` is one of its callback's. */
+  #callbackFollows(message: Message, change: (status: NonNullable<Operation['callback']>) => void): void {
+    if (message.target !== CALLBACK_TARGET) return
+    const callback = this.#entries.get(message.operationId)?.op.callback
+    if (callback) change(callback)
   }
 
   #held(lease: Lease): Operation | undefined {

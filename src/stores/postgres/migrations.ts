@@ -154,6 +154,88 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       CREATE INDEX operations_by_name_state ON operations (name, state, seq);
     `,
   },
+  {
+    version: 8,
+    name: 'outbox',
+    // As the SQLite store's version 6, with the messages written by a trigger: every statement that
+    // records events (the one change it reports, its events included) writes their messages in the
+    // same transaction, however it is written. Statement-level, over the rows the statement added,
+    // so that a batch of a hundred outcomes looks its operations up once. SET search_path: the
+    // function names the tables of the schema it was created in, whatever the caller's path is.
+    // A NOTIFY '<origin> m <target>' per target with new pending messages lets senders skip their
+    // poll (listeners that do not know the kind ignore it).
+    sql: `
+      ALTER TABLE operations ADD COLUMN callback JSONB;
+      ALTER TABLE operations ADD COLUMN subscriptions JSONB;
+      ALTER TABLE operations ADD COLUMN callback_state TEXT;
+      ALTER TABLE operations ADD COLUMN callback_attempts INTEGER;
+      ALTER TABLE operations ADD COLUMN callback_last_attempt_at BIGINT;
+      ALTER TABLE operations ADD COLUMN callback_last_status INTEGER;
+      CREATE TABLE outbox (
+        -- Creation order: claims take the oldest first.
+        n BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        operation_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivering', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_at BIGINT NOT NULL,
+        sender TEXT,
+        lease_expires_at BIGINT
+      );
+      CREATE INDEX outbox_due ON outbox (state, due_at);
+      CREATE INDEX outbox_leased ON outbox (lease_expires_at) WHERE state = 'delivering';
+      CREATE INDEX outbox_by_operation ON outbox (operation_id, n);
+      CREATE INDEX outbox_by_target ON outbox (target, state);
+      CREATE TABLE delivery_attempts (
+        message_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        operation_id TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        duration_ms BIGINT NOT NULL,
+        ok BOOLEAN NOT NULL,
+        status INTEGER,
+        error TEXT,
+        PRIMARY KEY (message_id, n)
+      );
+      CREATE INDEX delivery_attempts_by_operation ON delivery_attempts (operation_id);
+      CREATE TABLE disabled_targets (
+        target TEXT PRIMARY KEY,
+        disabled_at BIGINT NOT NULL
+      );
+      CREATE FUNCTION outbox_messages() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+      DECLARE
+        channel TEXT := 'longrun_' || TG_TABLE_SCHEMA;
+        origin TEXT := coalesce(current_setting('longrun.origin', true), '-');
+        notified INTEGER;
+      BEGIN
+        WITH made AS (
+          INSERT INTO outbox (id, operation_id, seq, event, at, target, state, due_at)
+          SELECT 'msg_' || e.operation_id || '_' || e.seq || '_' || (s.sub->>'target'), e.operation_id, e.seq,
+            e.event, e.at, s.sub->>'target',
+            CASE WHEN EXISTS (SELECT 1 FROM disabled_targets d WHERE d.target = s.sub->>'target')
+              THEN 'failed' ELSE 'pending' END,
+            e.at
+          FROM added e
+            JOIN operations o ON o.id = e.operation_id
+            CROSS JOIN LATERAL jsonb_array_elements(o.subscriptions) WITH ORDINALITY AS s(sub, ord)
+          WHERE o.subscriptions IS NOT NULL AND (s.sub->'events') ? e.event
+          ORDER BY e.seq, s.ord
+          RETURNING target, state
+        )
+        SELECT count(pg_notify(channel, origin || ' m ' || target)) INTO notified
+        FROM (SELECT DISTINCT target FROM made WHERE state = 'pending') AS t;
+        RETURN NULL;
+      END
+      $$;
+      CREATE TRIGGER operation_events_outbox
+        AFTER INSERT ON operation_events REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION outbox_messages();
+    `,
+  },
 ]
 
 // Advisory lock class for migrations; the schema's hash is the other half of the key.

@@ -1,6 +1,15 @@
 import type pg from 'pg'
 import type { Logger } from '../../core/logger.js'
-import type { EventFeed, EventLog, Exclusive, Queryable, Store, StoreNotice, Trimmable } from '../../core/store.js'
+import type {
+  EventFeed,
+  EventLog,
+  Exclusive,
+  Outbox,
+  Queryable,
+  Store,
+  StoreNotice,
+  Trimmable,
+} from '../../core/store.js'
 
 export interface PostgresStoreOptions extends pg.PoolConfig {
   /**
@@ -25,7 +34,7 @@ export interface PostgresStoreOptions extends pg.PoolConfig {
 }
 
 /** A PostgreSQL store; `ready()` surfaces a failed migration (e.g. `schema-too-new`) at startup. */
-export interface PostgresStore extends Store, EventLog, EventFeed, Queryable, Trimmable, Exclusive {
+export interface PostgresStore extends Store, EventLog, EventFeed, Queryable, Trimmable, Exclusive, Outbox {
   readonly schema: string
   /** Resolves once the schema is migrated; rejects as every other call would (e.g. `schema-too-new`). */
   ready(): Promise<void>

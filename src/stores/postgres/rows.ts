@@ -1,5 +1,7 @@
 import { duplicateOperationId, LongrunError, operationError } from '../../core/errors.js'
 import type {
+  Callback,
+  DeliveryState,
   HistoryEntry,
   HistoryEvent,
   NewOperation,
@@ -8,6 +10,7 @@ import type {
   OperationState,
   Outcome,
   Progress,
+  Subscription,
 } from '../../core/types.js'
 
 // Rows as the driver reads them, operations as the insert statements take them, and the mapping
@@ -39,6 +42,12 @@ export interface Row {
   run_at: number
   worker: string | null
   lease_expires_at: number | null
+  callback: Callback | null
+  subscriptions: Subscription[] | null
+  callback_state: DeliveryState | null
+  callback_attempts: number | null
+  callback_last_attempt_at: number | null
+  callback_last_status: number | null
 }
 
 export interface EventRow {
@@ -76,6 +85,8 @@ export function newRow(op: NewOperation) {
     cancelable: op.cancelable,
     timeoutMs: op.timeoutMs,
     createdAt: op.createdAt,
+    callback: op.callback ?? null,
+    subscriptions: op.subscriptions ?? null,
   }
 }
 
@@ -163,6 +174,12 @@ export function toOperation(row: Row): Operation {
   if (row.expires_at !== null) op.expiresAt = row.expires_at
   if (row.worker !== null) op.worker = row.worker
   if (row.lease_expires_at !== null) op.leaseExpiresAt = row.lease_expires_at
+  if (row.callback !== null) {
+    op.callback = { ...row.callback, state: row.callback_state!, attempts: row.callback_attempts! }
+    if (row.callback_last_attempt_at !== null) op.callback.lastAttemptAt = row.callback_last_attempt_at
+    if (row.callback_last_status !== null) op.callback.lastStatus = row.callback_last_status
+  }
+  if (row.subscriptions !== null) op.subscriptions = row.subscriptions
   return op
 }
 

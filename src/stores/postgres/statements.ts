@@ -18,16 +18,28 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
   // Operations as JSON documents (see newRow), inserted in array order so that `seq` follows it.
   const insertRows = `
     INSERT INTO ${ops} (id, name, state, owner, input, params, query, headers, request_id, max_attempts,
-      cancelable, timeout_ms, created_at, run_at)
+      cancelable, timeout_ms, created_at, run_at, callback, subscriptions, callback_state, callback_attempts)
     SELECT e->>'id', e->>'name', 'queued', e->>'owner', e->'input', e->'params', e->'query', e->'headers',
       e->>'requestId', (e->>'maxAttempts')::int, (e->>'cancelable')::boolean, (e->>'timeoutMs')::bigint,
-      (e->>'createdAt')::bigint, (e->>'createdAt')::bigint`
+      (e->>'createdAt')::bigint, (e->>'createdAt')::bigint, nullif(e->'callback', 'null'),
+      nullif(e->'subscriptions', 'null'), CASE WHEN jsonb_typeof(e->'callback') = 'object' THEN 'pending' END,
+      CASE WHEN jsonb_typeof(e->'callback') = 'object' THEN 0 END`
   // Records `submitted` for each row of the CTE `inserted`; the owner is its actor.
   const submitted = `recorded AS (
         INSERT INTO ${events} (operation_id, at, event, attempt, actor, has_actor)
         SELECT id, created_at, 'submitted', 0, owner, true FROM inserted ORDER BY seq
       )`
   const eventColumns = `seq, at, event, attempt, worker, actor, has_actor, error, progress`
+  const outbox = `${schema}.outbox`
+  const attempts = `${schema}.delivery_attempts`
+  // Removes the messages and attempts of the operations of the CTE `deleted`.
+  const forgetMessages = `messages AS (DELETE FROM ${outbox} WHERE operation_id IN (SELECT id FROM deleted)),
+      tries AS (DELETE FROM ${attempts} WHERE operation_id IN (SELECT id FROM deleted))`
+  // A callback message's operation shows its state: `$state` for the rows of the CTE `changed`.
+  const callbackFollows = (state: string) => `followed AS (
+        UPDATE ${ops} o SET callback_state = ${state}
+        WHERE o.id IN (SELECT operation_id FROM changed WHERE target = 'callback') AND o.callback_state IS NOT NULL
+      )`
   return {
     // The `submitted` events in the same statement, in `seq` order as the operations.
     insert: `
@@ -224,7 +236,8 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
     delete: `
       WITH deleted AS (DELETE FROM ${ops} WHERE id = $1 AND ${FINISHED} RETURNING id),
       history AS (DELETE FROM ${events} WHERE operation_id IN (SELECT id FROM deleted)),
-      freed AS (DELETE FROM ${keys} WHERE operation_id IN (SELECT id FROM deleted))
+      freed AS (DELETE FROM ${keys} WHERE operation_id IN (SELECT id FROM deleted)),
+      ${forgetMessages}
       SELECT count(*)::int AS n FROM deleted`,
 
     // $1 now, $2 limit. SKIP LOCKED: nodes purging at the same time share the work.
@@ -236,7 +249,8 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
         RETURNING id
       ),
       history AS (DELETE FROM ${events} WHERE operation_id IN (SELECT id FROM deleted)),
-      freed AS (DELETE FROM ${keys} WHERE expires_at <= $1 OR operation_id IN (SELECT id FROM deleted))
+      freed AS (DELETE FROM ${keys} WHERE expires_at <= $1 OR operation_id IN (SELECT id FROM deleted)),
+      ${forgetMessages}
       SELECT count(*)::int AS n FROM deleted`,
 
     // $1 states, $2 how many of each to keep per owner, $3 limit. Ranks each owner's finished
@@ -257,8 +271,82 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
         RETURNING id
       ),
       history AS (DELETE FROM ${events} WHERE operation_id IN (SELECT id FROM deleted)),
-      freed AS (DELETE FROM ${keys} WHERE operation_id IN (SELECT id FROM deleted))
+      freed AS (DELETE FROM ${keys} WHERE operation_id IN (SELECT id FROM deleted)),
+      ${forgetMessages}
       SELECT count(*)::int AS n FROM deleted`,
+
+    // $1 sender, $2 limit, $3 leaseMs, $4 now. Oldest first; SKIP LOCKED as in claim: concurrent
+    // senders neither wait for nor overlap each other. Locks messages before their operations, as
+    // every outbox statement does.
+    claimMessages: `
+      WITH clock AS (SELECT ${claimNow} AS now),
+      picked AS (
+        SELECT n FROM ${outbox}
+        WHERE (state = 'pending' AND due_at <= $4) OR (state = 'delivering' AND lease_expires_at <= (SELECT now FROM clock))
+        ORDER BY n LIMIT $2
+        FOR UPDATE SKIP LOCKED
+      ),
+      changed AS (
+        UPDATE ${outbox} m SET state = 'delivering', sender = $1, lease_expires_at = (SELECT now FROM clock) + $3::bigint
+        FROM picked p WHERE m.n = p.n
+        RETURNING m.n, m.id, m.operation_id, m.seq, m.event, m.at, m.target, m.attempts, m.sender
+      ),
+      ${callbackFollows(`'delivering'`)}
+      SELECT * FROM changed ORDER BY n`,
+
+    // $1 id, $2 sender, $3 attempts before the claim, $4 state after, $5 retryAt, $6 the attempt.
+    // The sender and the attempts count fence off a sender whose lease was taken over.
+    recordDelivery: `
+      WITH changed AS (
+        UPDATE ${outbox} SET state = $4, attempts = attempts + 1, due_at = coalesce($5::bigint, due_at), sender = NULL,
+          lease_expires_at = NULL
+        WHERE id = $1 AND state = 'delivering' AND sender = $2 AND attempts = $3
+        RETURNING id, operation_id, target, attempts
+      ),
+      tried AS (
+        INSERT INTO ${attempts} (message_id, n, operation_id, at, duration_ms, ok, status, error)
+        SELECT c.id, c.attempts, c.operation_id, a.at, a."durationMs", a.ok, a.status, a.error
+        FROM changed c CROSS JOIN jsonb_to_record($6::jsonb) AS a(at bigint, "durationMs" bigint, ok boolean, status int, error text)
+      ),
+      followed AS (
+        UPDATE ${ops} o SET callback_state = $4, callback_attempts = o.callback_attempts + 1,
+          callback_last_attempt_at = ($6::jsonb->>'at')::bigint, callback_last_status = ($6::jsonb->>'status')::int
+        FROM changed c WHERE o.id = c.operation_id AND c.target = 'callback' AND o.callback_state IS NOT NULL
+      )
+      SELECT count(*)::int AS n FROM changed`,
+
+    // $1 operation id.
+    deliveries: `
+      SELECT m.id, m.seq, m.event, m.target, m.state, m.due_at,
+        coalesce((
+          SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object('at', a.at, 'durationMs', a.duration_ms, 'ok', a.ok,
+            'status', a.status, 'error', a.error)) ORDER BY a.n)
+          FROM ${attempts} a WHERE a.message_id = m.id
+        ), '[]') AS attempts
+      FROM ${outbox} m WHERE m.operation_id = $1 ORDER BY m.n`,
+
+    // $1 operation id, $2 now.
+    redeliver: `
+      WITH changed AS (
+        UPDATE ${outbox} SET state = 'pending', due_at = $2
+        WHERE operation_id = $1 AND state IN ('delivered', 'failed')
+        RETURNING operation_id, target
+      ),
+      ${callbackFollows(`'pending'`)}
+      SELECT count(*)::int AS n FROM changed`,
+
+    // $1 target, $2 now. The target's row first: a message the trigger writes after this commits
+    // sees it, and one written before is pending here.
+    disableTarget: `
+      WITH disabled AS (
+        INSERT INTO ${schema}.disabled_targets (target, disabled_at) VALUES ($1, $2) ON CONFLICT (target) DO NOTHING
+      ),
+      changed AS (
+        UPDATE ${outbox} SET state = 'failed' WHERE target = $1 AND state = 'pending'
+        RETURNING operation_id, target
+      ),
+      ${callbackFollows(`'failed'`)}
+      SELECT count(*)::int AS n FROM changed`,
   }
 }
 

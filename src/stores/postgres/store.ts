@@ -4,10 +4,21 @@ import type pg from 'pg'
 import { canceledError, duplicateOperationId, invalidOption, LongrunError, storeClosed } from '../../core/errors.js'
 import { silentLogger, type Logger } from '../../core/logger.js'
 import type { Condition } from '../../core/query.js'
-import type { FeedPage, FeedQuery, KeepCounts, QuerySort, StoreNotice } from '../../core/store.js'
+import type {
+  Delivery,
+  DeliveryAttempt,
+  FeedPage,
+  FeedQuery,
+  KeepCounts,
+  OutboxMessage,
+  QuerySort,
+  StoreNotice,
+} from '../../core/store.js'
 import type {
   ClaimRequest,
+  DeliveryState,
   HistoryEntry,
+  HistoryEvent,
   IdempotencyKey,
   IdempotencyLookup,
   IdempotentInsert,
@@ -24,6 +35,7 @@ import type {
   StatsRow,
 } from '../../core/types.js'
 import { cursorPosition } from '../cursor.js'
+import { stateAfter } from '../outbox.js'
 import { keptCounts } from '../query.js'
 import { driver } from './driver.js'
 import { Batch, Lane } from './lane.js'
@@ -496,6 +508,50 @@ export class PgStore implements PostgresStore {
     return row!.n
   }
 
+  async claimMessages(sender: string, limit: number, leaseMs: number, now: number): Promise<OutboxMessage[]> {
+    if (!(limit > 0)) return []
+    const rows = await this.#run<MessageRow>(this.#sql.claimMessages, [sender, limit, leaseMs, now])
+    return rows.map((row) => ({
+      id: row.id,
+      operationId: row.operation_id,
+      seq: row.seq,
+      event: row.event,
+      at: row.at,
+      target: row.target,
+      attempts: row.attempts,
+      sender: row.sender,
+    }))
+  }
+
+  async recordDelivery(message: OutboxMessage, attempt: DeliveryAttempt, retryAt?: number): Promise<boolean> {
+    const [row] = await this.#run<{ n: number }>(this.#sql.recordDelivery, [
+      message.id,
+      message.sender,
+      message.attempts,
+      stateAfter(attempt.ok, retryAt),
+      retryAt ?? null,
+      JSON.stringify(storable(attempt)),
+    ])
+    return row!.n === 1
+  }
+
+  async deliveries(operationId: string): Promise<Delivery[]> {
+    const rows = await this.#run<DeliveryRow>(this.#sql.deliveries, [operationId])
+    return rows.map(({ due_at, ...delivery }) => ({
+      ...delivery,
+      ...(delivery.state === 'pending' ? { nextAttemptAt: due_at } : {}),
+    }))
+  }
+
+  async redeliver(operationId: string, now: number): Promise<number> {
+    const [row] = await this.#run<{ n: number }>(this.#sql.redeliver, [operationId, now])
+    return row!.n
+  }
+
+  async disableTarget(target: string, now: number): Promise<void> {
+    await this.#run(this.#sql.disableTarget, [target, now])
+  }
+
   /**
    * A session-level advisory lock on a connection of its own, held while `task` runs: it outlives
    * any transaction of the task, and dies with the connection if this process does.
@@ -618,6 +674,27 @@ export class PgStore implements PostgresStore {
     const result = await this.#pool.query(text, values)
     return result.rows as R[]
   }
+}
+
+interface MessageRow {
+  id: string
+  operation_id: string
+  seq: number
+  event: HistoryEvent
+  at: number
+  target: string
+  attempts: number
+  sender: string
+}
+
+interface DeliveryRow {
+  id: string
+  seq: number
+  event: HistoryEvent
+  target: string
+  state: DeliveryState
+  due_at: number
+  attempts: DeliveryAttempt[]
 }
 
 const FEED_COLUMNS = `e.seq, e.at, e.event, e.attempt, e.worker, e.actor, e.has_actor, e.error, e.progress,

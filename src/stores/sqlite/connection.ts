@@ -1,6 +1,6 @@
 import Database, { type Statement } from 'better-sqlite3'
 import { schemaTooNew } from '../../core/errors.js'
-import type { HistoryEntry, HistoryEvent, Operation, OperationState } from '../../core/types.js'
+import type { DeliveryState, HistoryEntry, HistoryEvent, Operation, OperationState } from '../../core/types.js'
 import { MIGRATIONS } from './migrations.js'
 
 // Opening a connection, the schema migrations, statement caching and the mapping of rows to
@@ -80,6 +80,12 @@ export interface Row {
   run_at: number
   worker: string | null
   lease_expires_at: number | null
+  callback: string | null
+  subscriptions: string | null
+  callback_state: DeliveryState | null
+  callback_attempts: number | null
+  callback_last_attempt_at: number | null
+  callback_last_status: number | null
 }
 
 /** The columns of `operation_events` that `EventValues` holds, in its order. */
@@ -173,6 +179,16 @@ export class OperationQuery {
     if (v[at.expires_at] !== null) op.expiresAt = v[at.expires_at] as number
     if (v[at.worker] !== null) op.worker = v[at.worker] as string
     if (v[at.lease_expires_at] !== null) op.leaseExpiresAt = v[at.lease_expires_at] as number
+    if (v[at.callback] !== null) {
+      op.callback = {
+        ...JSON.parse(v[at.callback] as string),
+        state: v[at.callback_state] as DeliveryState,
+        attempts: v[at.callback_attempts] as number,
+      }
+      if (v[at.callback_last_attempt_at] !== null) op.callback!.lastAttemptAt = v[at.callback_last_attempt_at] as number
+      if (v[at.callback_last_status] !== null) op.callback!.lastStatus = v[at.callback_last_status] as number
+    }
+    if (v[at.subscriptions] !== null) op.subscriptions = JSON.parse(v[at.subscriptions] as string)
     return op
   }
 }

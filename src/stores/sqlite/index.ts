@@ -1,4 +1,4 @@
-import type { EventFeed, EventLog, Queryable, Store, Trimmable } from '../../core/store.js'
+import type { EventFeed, EventLog, Outbox, Queryable, Store, Trimmable } from '../../core/store.js'
 import type { SqliteStoreOptions } from './options.js'
 import { SqliteStore } from './store.js'
 
@@ -10,6 +10,8 @@ export type { SqliteStoreOptions } from './options.js'
  * resolves only after its group's commit, so concurrent submissions share the cost of durability.
  * `':memory:'` gives a throwaway database.
  */
-export function sqliteStore(options: SqliteStoreOptions): Store & EventLog & EventFeed & Queryable & Trimmable {
+export function sqliteStore(
+  options: SqliteStoreOptions,
+): Store & EventLog & EventFeed & Queryable & Trimmable & Outbox {
   return new SqliteStore(options)
 }

@@ -99,4 +99,57 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       CREATE INDEX idempotency_keys_by_operation ON idempotency_keys (operation_id);
     `,
   },
+  {
+    version: 6,
+    name: 'outbox',
+    // Each event an operation's subscriptions name makes one message per target, written in the
+    // event's transaction (see SqliteWrites.#record). A message is `pending` until due_at, then
+    // `delivering` for one sender until lease_expires_at, and ends `delivered` or `failed`; its
+    // attempts are rows of delivery_attempts, numbered from 1. The callback_* columns show how the
+    // operation's own callback is doing (NULL when it has none). Targets an endpoint disabled (410
+    // Gone) get their later messages `failed`.
+    sql: `
+      ALTER TABLE operations ADD COLUMN callback TEXT;
+      ALTER TABLE operations ADD COLUMN subscriptions TEXT;
+      ALTER TABLE operations ADD COLUMN callback_state TEXT;
+      ALTER TABLE operations ADD COLUMN callback_attempts INTEGER;
+      ALTER TABLE operations ADD COLUMN callback_last_attempt_at INTEGER;
+      ALTER TABLE operations ADD COLUMN callback_last_status INTEGER;
+      CREATE TABLE outbox (
+        -- Creation order: claims take the oldest first.
+        n INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        operation_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivering', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_at INTEGER NOT NULL,
+        sender TEXT,
+        lease_expires_at INTEGER
+      );
+      CREATE INDEX outbox_due ON outbox (state, due_at);
+      CREATE INDEX outbox_leased ON outbox (lease_expires_at) WHERE state = 'delivering';
+      CREATE INDEX outbox_by_operation ON outbox (operation_id, n);
+      CREATE INDEX outbox_by_target ON outbox (target, state);
+      CREATE TABLE delivery_attempts (
+        message_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        operation_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        ok INTEGER NOT NULL,
+        status INTEGER,
+        error TEXT,
+        PRIMARY KEY (message_id, n)
+      ) WITHOUT ROWID;
+      CREATE INDEX delivery_attempts_by_operation ON delivery_attempts (operation_id);
+      CREATE TABLE disabled_targets (
+        target TEXT PRIMARY KEY,
+        disabled_at INTEGER NOT NULL
+      ) WITHOUT ROWID;
+    `,
+  },
 ]

@@ -5,11 +5,15 @@ import type { Statement } from 'better-sqlite3'
 import { storeClosed } from '../../core/errors.js'
 import type { Condition } from '../../core/query.js'
 import type {
+  Delivery,
+  DeliveryAttempt,
   EventFeed,
   EventLog,
   FeedPage,
   FeedQuery,
   KeepCounts,
+  Outbox,
+  OutboxMessage,
   Queryable,
   QuerySort,
   Store,
@@ -17,7 +21,9 @@ import type {
 } from '../../core/store.js'
 import type {
   ClaimRequest,
+  DeliveryState,
   HistoryEntry,
+  HistoryEvent,
   IdempotencyKey,
   IdempotencyLookup,
   IdempotentInsert,
@@ -53,7 +59,7 @@ interface PendingWrite extends WriteCall {
   reject: (reason: unknown) => void
 }
 
-export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimmable {
+export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimmable, Outbox {
   readonly #db: Database.Database
   readonly #sql: ReturnType<typeof statementCache>
   readonly #ops: ReturnType<typeof operationQueries>
@@ -236,6 +242,56 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
     return this.#write((w) => w.trim(kept, limit), LOSABLE)
   }
 
+  claimMessages(sender: string, limit: number, leaseMs: number, now: number): Promise<OutboxMessage[]> {
+    // Losable as a claim is: a lost claim leaves the message to be claimed again, and refuses the
+    // sender's record, so it is delivered once more (at least once).
+    return this.#write((w) => w.claimMessages(sender, limit, leaseMs, now), LOSABLE)
+  }
+
+  recordDelivery(message: OutboxMessage, attempt: DeliveryAttempt, retryAt?: number): Promise<boolean> {
+    return this.#write((w) => w.recordDelivery(message, attempt, retryAt), DURABLE)
+  }
+
+  async deliveries(operationId: string): Promise<Delivery[]> {
+    const messages = this.#sql(
+      `SELECT id, seq, event, target, state, due_at FROM outbox WHERE operation_id = ? ORDER BY n`,
+    ).all(operationId) as {
+      id: string
+      seq: number
+      event: HistoryEvent
+      target: string
+      state: DeliveryState
+      due_at: number
+    }[]
+    if (messages.length === 0) return []
+    const attempts = this.#sql(
+      `SELECT message_id, at, duration_ms, ok, status, error FROM delivery_attempts WHERE operation_id = ?
+       ORDER BY message_id, n`,
+    ).all(operationId) as AttemptRow[]
+    const byMessage = new Map<string, DeliveryAttempt[]>()
+    for (const row of attempts) {
+      const attempt: DeliveryAttempt = { at: row.at, durationMs: row.duration_ms, ok: row.ok === 1 }
+      if (row.status !== null) attempt.status = row.status
+      if (row.error !== null) attempt.error = row.error
+      const list = byMessage.get(row.message_id)
+      if (list) list.push(attempt)
+      else byMessage.set(row.message_id, [attempt])
+    }
+    return messages.map(({ due_at, ...message }) => ({
+      ...message,
+      ...(message.state === 'pending' ? { nextAttemptAt: due_at } : {}),
+      attempts: byMessage.get(message.id) ?? [],
+    }))
+  }
+
+  redeliver(operationId: string, now: number): Promise<number> {
+    return this.#write((w) => w.redeliver(operationId, now), DURABLE)
+  }
+
+  disableTarget(target: string, now: number): Promise<void> {
+    return this.#write((w) => w.disableTarget(target, now), DURABLE)
+  }
+
   /** Commits the writes issued before it, then closes the database. */
   close(): Promise<void> {
     this.#closing ??= new Promise<void>((resolve) => {
@@ -271,6 +327,15 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
       else write.reject(result.error)
     })
   }
+}
+
+interface AttemptRow {
+  message_id: string
+  at: number
+  duration_ms: number
+  ok: number
+  status: number | null
+  error: string | null
 }
 
 const FEED_COLUMNS = [...EVENT_COLUMNS.split(', ').map((column) => `e.${column}`), 'e.operation_id'].join(', ')

@@ -1,7 +1,9 @@
 import Database from 'better-sqlite3'
 import { canceledError, duplicateOperationId } from '../../core/errors.js'
+import type { DeliveryAttempt, OutboxMessage } from '../../core/store.js'
 import type {
   ClaimRequest,
+  DeliveryState,
   HistoryEntry,
   IdempotencyKey,
   IdempotencyLookup,
@@ -12,9 +14,11 @@ import type {
   NewOperation,
   Operation,
   Outcome,
+  HistoryEvent,
   Progress,
 } from '../../core/types.js'
 import type { TerminalState } from '../../core/operation.js'
+import { CALLBACK_TARGET, stateAfter } from '../outbox.js'
 import { operationQueries, statementCache, type Row, type Synchronous } from './connection.js'
 
 // Every write the SQLite store makes. `runBatch` commits a group of writes in one transaction.
@@ -94,9 +98,10 @@ export class SqliteWrites {
     try {
       inserted = this.#ops(
         `INSERT INTO operations (id, name, state, owner, input, params, query, headers, request_id, max_attempts,
-             cancelable, timeout_ms, created_at, run_at)
+             cancelable, timeout_ms, created_at, run_at, callback, subscriptions, callback_state, callback_attempts)
            VALUES (@id, @name, 'queued', @owner, @input, @params, @query, @headers, @requestId, @maxAttempts,
-             @cancelable, @timeoutMs, @createdAt, @createdAt)
+             @cancelable, @timeoutMs, @createdAt, @createdAt, @callback, @subscriptions,
+             iif(@callback IS NULL, NULL, 'pending'), iif(@callback IS NULL, NULL, 0))
            RETURNING *`,
       ).get({
         id: op.id,
@@ -111,6 +116,8 @@ export class SqliteWrites {
         cancelable: op.cancelable ? 1 : 0,
         timeoutMs: op.timeoutMs,
         createdAt: op.createdAt,
+        callback: op.callback ? JSON.stringify(op.callback) : null,
+        subscriptions: op.subscriptions ? JSON.stringify(op.subscriptions) : null,
       })!
     } catch (err) {
       if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw duplicateOperationId(op.id)
@@ -296,18 +303,103 @@ export class SqliteWrites {
     return ids.length
   }
 
-  /** Removes the history, events and idempotency keys of operations just deleted. */
+  /** Removes the history, events, idempotency keys and outbox messages of operations just deleted. */
   #forget(ids: readonly string[]): void {
-    const events = this.#sql(`DELETE FROM operation_events WHERE operation_id = ?`)
-    const keys = this.#sql(`DELETE FROM idempotency_keys WHERE operation_id = ?`)
-    for (const id of ids) {
-      events.run(id)
-      keys.run(id)
-    }
+    const forget = [
+      this.#sql(`DELETE FROM operation_events WHERE operation_id = ?`),
+      this.#sql(`DELETE FROM idempotency_keys WHERE operation_id = ?`),
+      this.#sql(`DELETE FROM outbox WHERE operation_id = ?`),
+      this.#sql(`DELETE FROM delivery_attempts WHERE operation_id = ?`),
+    ]
+    for (const id of ids) for (const statement of forget) statement.run(id)
   }
 
-  #record(id: string, entry: Omit<HistoryEntry, 'seq'>): void {
+  claimMessages(sender: string, limit: number, leaseMs: number, now: number): OutboxMessage[] {
+    const rows = this.#sql(
+      `UPDATE outbox SET state = 'delivering', sender = @sender, lease_expires_at = @leaseUntil
+       WHERE n IN (
+         SELECT n FROM outbox
+         WHERE (state = 'pending' AND due_at <= @now) OR (state = 'delivering' AND lease_expires_at <= @now)
+         ORDER BY n LIMIT @limit
+       )
+       RETURNING n, id, operation_id, seq, event, at, target, attempts, sender`,
+    ).all({ sender, leaseUntil: now + leaseMs, now, limit }) as (MessageRow & { n: number })[]
+    // RETURNING gives rows in no set order.
+    rows.sort((a, b) => a.n - b.n)
+    const callbacks = this.#sql(
+      `UPDATE operations SET callback_state = 'delivering' WHERE id = ? AND callback_state IS NOT NULL`,
+    )
+    for (const row of rows) if (row.target === CALLBACK_TARGET) callbacks.run(row.operation_id)
+    return rows.map(toMessage)
+  }
+
+  recordDelivery(message: OutboxMessage, attempt: DeliveryAttempt, retryAt: number | undefined): boolean {
+    const state = stateAfter(attempt.ok, retryAt)
+    // The sender and the attempts made before its claim fence off a sender whose lease was taken over.
+    const recorded = this.#sql(
+      `UPDATE outbox SET state = @state, attempts = attempts + 1, due_at = coalesce(@retryAt, due_at), sender = NULL,
+         lease_expires_at = NULL
+       WHERE id = @id AND state = 'delivering' AND sender = @sender AND attempts = @attempts
+       RETURNING operation_id, target, attempts`,
+    ).get({ id: message.id, sender: message.sender, attempts: message.attempts, state, retryAt: retryAt ?? null }) as
+      { operation_id: string; target: string; attempts: number } | undefined
+    if (!recorded) return false
     this.#sql(
+      `INSERT INTO delivery_attempts (message_id, n, operation_id, at, duration_ms, ok, status, error)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      message.id,
+      recorded.attempts,
+      recorded.operation_id,
+      attempt.at,
+      attempt.durationMs,
+      attempt.ok ? 1 : 0,
+      attempt.status ?? null,
+      attempt.error ?? null,
+    )
+    if (recorded.target === CALLBACK_TARGET) {
+      this.#sql(
+        `UPDATE operations SET callback_state = @state, callback_attempts = callback_attempts + 1,
+           callback_last_attempt_at = @at, callback_last_status = @status
+         WHERE id = @id AND callback_state IS NOT NULL`,
+      ).run({ id: recorded.operation_id, state, at: attempt.at, status: attempt.status ?? null })
+    }
+    return true
+  }
+
+  redeliver(operationId: string, now: number): number {
+    const targets = this.#sql(
+      `UPDATE outbox SET state = 'pending', due_at = ? WHERE operation_id = ? AND state IN ('delivered', 'failed')
+       RETURNING target`,
+    )
+      .pluck()
+      .all(now, operationId) as string[]
+    if (targets.includes(CALLBACK_TARGET)) this.#callbackState([operationId], 'pending')
+    return targets.length
+  }
+
+  disableTarget(target: string, now: number): void {
+    this.#sql(`INSERT OR IGNORE INTO disabled_targets (target, disabled_at) VALUES (?, ?)`).run(target, now)
+    const ids = this.#sql(
+      `UPDATE outbox SET state = 'failed' WHERE target = ? AND state = 'pending' RETURNING operation_id`,
+    )
+      .pluck()
+      .all(target) as string[]
+    if (target === CALLBACK_TARGET) this.#callbackState(ids, 'failed')
+  }
+
+  #callbackState(ids: readonly string[], state: DeliveryState): void {
+    const update = this.#sql(`UPDATE operations SET callback_state = ? WHERE id = ? AND callback_state IS NOT NULL`)
+    for (const id of ids) update.run(state, id)
+  }
+
+  /**
+   * Appends an event to the operation's log, and one outbox message for each target its
+   * subscriptions name for the event: the single place every write records history, so that every
+   * message is in the transaction of its event.
+   */
+  #record(id: string, entry: Omit<HistoryEntry, 'seq'>): void {
+    const { lastInsertRowid: seq } = this.#sql(
       `INSERT INTO operation_events (operation_id, at, event, attempt, worker, actor, has_actor, error, progress)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(
@@ -321,8 +413,41 @@ export class SqliteWrites {
       entry.error === undefined ? null : JSON.stringify(entry.error),
       entry.progress === undefined ? null : JSON.stringify(entry.progress),
     )
+    this.#sql(
+      `INSERT INTO outbox (id, operation_id, seq, event, at, target, state, due_at)
+       SELECT 'msg_' || @id || '_' || CAST(@seq AS INTEGER) || '_' || target, @id, CAST(@seq AS INTEGER), @event, @at, target,
+         iif(EXISTS (SELECT 1 FROM disabled_targets d WHERE d.target = t.target), 'failed', 'pending'), @at
+       FROM (
+         SELECT s.key AS ord, json_extract(s.value, '$.target') AS target, json_extract(s.value, '$.events') AS events
+         FROM operations o, json_each(o.subscriptions) s WHERE o.id = @id
+       ) t
+       WHERE EXISTS (SELECT 1 FROM json_each(t.events) e WHERE e.value = @event)
+       ORDER BY ord`,
+    ).run({ id, seq, event: entry.event, at: entry.at })
   }
 }
+
+interface MessageRow {
+  id: string
+  operation_id: string
+  seq: number
+  event: HistoryEvent
+  at: number
+  target: string
+  attempts: number
+  sender: string
+}
+
+const toMessage = (row: MessageRow): OutboxMessage => ({
+  id: row.id,
+  operationId: row.operation_id,
+  seq: row.seq,
+  event: row.event,
+  at: row.at,
+  target: row.target,
+  attempts: row.attempts,
+  sender: row.sender,
+})
 
 /** The use a live key already had, on whichever connection asks. */
 export function findIdempotent(
