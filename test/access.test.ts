@@ -274,6 +274,8 @@ type Endpoint =
   | 'GET events'
   | 'GET wait'
   | 'GET events (group)'
+  | 'GET deliveries'
+  | 'POST redeliver'
 
 /** The route of the operations API that serves each endpoint of the matrix. */
 const ENDPOINT_ROUTES: Record<Endpoint, string> = {
@@ -290,6 +292,8 @@ const ENDPOINT_ROUTES: Record<Endpoint, string> = {
   'GET events': 'GET /operations/:id/events',
   'GET wait': 'GET /operations/:id/wait',
   'GET events (group)': 'GET /operations/events',
+  'GET deliveries': 'GET /operations/:id/deliveries',
+  'POST redeliver': 'POST /operations/:id/deliveries/retry',
 }
 
 /**
@@ -320,6 +324,8 @@ const MATRIX: Record<Route, Record<Endpoint, readonly Outcome[]>> = {
     'GET events':         ['allow', 'allow', 'allow', 'allow', 'allow', 'allow', 'hide', 'auth'],
     'GET wait':           ['allow', 'allow', 'allow', 'allow', 'allow', 'allow', 'hide', 'auth'],
     'GET events (group)': ['allow', 'allow', 'allow', 'allow', 'allow', 'allow', 'hide', 'auth'],
+    'GET deliveries':     ['allow', 'allow', 'allow', 'allow', 'allow', 'allow', 'hide', 'auth'],
+    'POST redeliver':     ['allow', 'allow', 'deny',  'allow', 'deny',  'allow', 'hide', 'auth'],
   },
   // The `private` route grants nothing: only the owner and the admin reach its operations.
   private: {
@@ -337,6 +343,8 @@ const MATRIX: Record<Route, Record<Endpoint, readonly Outcome[]>> = {
     'GET events':         ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
     'GET wait':           ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
     'GET events (group)': ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
+    'GET deliveries':     ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
+    'POST redeliver':     ['allow', 'allow', 'hide',  'hide',  'hide',  'hide',  'hide', 'auth'],
   },
 }
 
@@ -357,6 +365,9 @@ const DOCUMENTED_ACTIONS: Record<string, readonly Endpoint[]> = {
   history: ['GET {id}'],
   // The query is a list with conditions: the same grants.
   list: ['GET list', 'POST query'],
+  query: ['POST query'],
+  deliveries: ['GET deliveries'],
+  redeliver: ['POST redeliver'],
   stats: ['GET stats'],
   cancel: ['POST cancel'],
   retry: ['POST retry', 'POST retry (bulk)'],
@@ -534,6 +545,21 @@ const CHECKS: Record<Endpoint, Check> = {
     } else {
       expect(ids).toEqual([])
     }
+  },
+
+  async 'GET deliveries'(h, caller, route, outcome) {
+    const op = await h.succeeded(route)
+    const res = await caller.get(`/operations/${op.id}/deliveries`)
+    expectOutcome(res, outcome, 200)
+    // Operations of a route without a callback, in an app without endpoints, send nothing.
+    if (outcome === 'allow') expect(res.body).toEqual({ items: [] })
+  },
+
+  async 'POST redeliver'(h, caller, route, outcome) {
+    const op = await h.succeeded(route)
+    const res = await caller.post(`/operations/${op.id}/deliveries/retry`)
+    expectOutcome(res, outcome, 202)
+    if (outcome === 'allow') expect(res.body).toEqual({ redelivered: 0 })
   },
 
   async 'GET stats'(h, caller, route, outcome, who) {

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -7,6 +7,8 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { buildApp } from '../examples/basic/app.js'
 import { buildApp as buildRealtimeApp } from '../examples/realtime/app.js'
 import { buildDemoApp } from '../examples/demo/app.js'
+import { freePort } from './helpers/child-server.js'
+import { until } from './helpers/until.js'
 
 describe('the README example (examples/basic)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'longrun-example-'))
@@ -153,4 +155,41 @@ describe('the curl examples of docs/query.md, against the demo', () => {
       await app.close()
     }
   }, 60_000)
+})
+
+describe("the README's callback round trip", () => {
+  it('runs as written: the demo calls the receiver back, which verifies the signature', async () => {
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+    const block = /<!-- callback-round-trip[^>]*-->\s*```sh\n([\s\S]*?)```/.exec(readme)?.[1]
+    expect(block, 'README.md has the callback-round-trip block').toBeDefined()
+    const dir = mkdtempSync(join(tmpdir(), 'longrun-callback-'))
+    const [api, hooks] = [await freePort(), await freePort()]
+    // Other ports than the README's, a store of its own, and curl waiting for the servers to listen.
+    const script = [
+      'curl() { command curl --retry 60 --retry-connrefused --retry-delay 1 --fail-with-body "$@"; }',
+      block!
+        .replaceAll('npm start', `LONGRUN_STORE=sqlite:${join(dir, 'demo.db')} PORT=${api} LOG_LEVEL=warn npm start`)
+        .replaceAll('3000', String(api))
+        .replaceAll('4000', String(hooks)),
+      'wait',
+    ].join('\n')
+    const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('LONGRUN_')))
+    const child = spawn('bash', ['-c', script], { cwd: new URL('..', import.meta.url), env, detached: true })
+    let output = ''
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')))
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')))
+    try {
+      await until(
+        () => /verified operation\.succeeded \S+ \{"message":"Sample task completed"/.test(output),
+        60_000,
+        {
+          interval: 100,
+          describe: () => output,
+        },
+      )
+    } finally {
+      process.kill(-child.pid!, 'SIGKILL')
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 90_000)
 })

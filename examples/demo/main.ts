@@ -1,6 +1,7 @@
 import { closeOnSignals, storeUrl } from 'longrun/cli'
 import { buildDemoApp } from './app.js'
 import { roleFromEnv, timingsFromEnv } from './env.js'
+import { settingsFromEnv } from './module.js'
 
 // `npm start`: the demo server. The store comes from LONGRUN_STORE or DATABASE_URL, else a SQLite
 // file in ./data; LONGRUN_ROLE=api leaves the handlers to `npm run worker` processes. Every waiting
@@ -12,7 +13,7 @@ const app = await buildDemoApp({
   ...(env.LONGRUN_PG_SCHEMA ? { pgSchema: env.LONGRUN_PG_SCHEMA } : {}),
   ...(roleFromEnv(env) === 'api' ? { worker: false } : {}),
   logLevel: env.LOG_LEVEL ?? 'info',
-  ...(env.LONGRUN_JWT_SECRET ? { jwtSecret: env.LONGRUN_JWT_SECRET } : {}),
+  ...settingsFromEnv(env),
   ...(env.LONGRUN_MAX_ACTIVE ? { maxActivePerOwner: Number(env.LONGRUN_MAX_ACTIVE) } : {}),
   ...(env.LONGRUN_RATE_LIMIT ? { rateLimit: { max: Number(env.LONGRUN_RATE_LIMIT), timeWindow: '1 minute' } } : {}),
   ...timingsFromEnv(env),

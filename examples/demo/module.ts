@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
+import type { Duration } from 'longrun'
 import { jwtAuth, sessionAuth, type LongrunPluginOptions } from 'longrun/fastify'
 import { demoTasks } from './tasks.js'
 
@@ -9,20 +11,74 @@ import { demoTasks } from './tasks.js'
 
 export const routes = demoTasks
 
-/**
- * With an HS256 `jwtSecret` (LONGRUN_JWT_SECRET), every route needs a bearer JWT (role `admin` sees
- * everything). Without it, callers are isolated by their `X-Session-Key` header, or by IP address.
- */
-export function demoOptions(jwtSecret: string | undefined): Omit<LongrunPluginOptions, 'store'> {
+export interface DemoSettings {
+  /**
+   * HS256 secret (LONGRUN_JWT_SECRET): every route then needs a bearer JWT (role `admin` sees
+   * everything). Without it, callers are isolated by their `X-Session-Key` header, or by IP address.
+   */
+  jwtSecret?: string | undefined
+  /** Signs callbacks (LONGRUN_WEBHOOK_SECRET, `whsec_...`). @default a random one, logged at start */
+  webhookSecret?: string | undefined
+  /** Hosts and CIDRs callbacks may reach besides public ones (LONGRUN_CALLBACK_ALLOW, comma-separated). */
+  callbackAllow?: string[]
+  /**
+   * The senders' waiting periods, shortened by crash tests: LONGRUN_WEBHOOK_POLL_MS,
+   * LONGRUN_WEBHOOK_LEASE_MS and LONGRUN_WEBHOOK_RETRY (comma-separated durations, e.g. `100ms,1s`).
+   */
+  webhookTimings?: { poll?: number; lease?: number; retry?: string[] }
+}
+
+/** The demo's settings from the environment. */
+export const settingsFromEnv = (env: NodeJS.ProcessEnv = process.env): DemoSettings => ({
+  jwtSecret: env.LONGRUN_JWT_SECRET,
+  webhookSecret: env.LONGRUN_WEBHOOK_SECRET,
+  callbackAllow: list(env.LONGRUN_CALLBACK_ALLOW),
+  webhookTimings: {
+    ...(env.LONGRUN_WEBHOOK_POLL_MS ? { poll: Number(env.LONGRUN_WEBHOOK_POLL_MS) } : {}),
+    ...(env.LONGRUN_WEBHOOK_LEASE_MS ? { lease: Number(env.LONGRUN_WEBHOOK_LEASE_MS) } : {}),
+    ...(env.LONGRUN_WEBHOOK_RETRY ? { retry: list(env.LONGRUN_WEBHOOK_RETRY) } : {}),
+  },
+})
+
+const list = (text: string | undefined) =>
+  text
+    ?.split(',')
+    .map((entry) => entry.trim())
+    .filter(Boolean) ?? []
+
+/** A random signing secret, for a demo started without one. */
+export const randomWebhookSecret = () => `whsec_${randomBytes(32).toString('base64')}`
+
+export function demoOptions(settings: DemoSettings): Omit<LongrunPluginOptions, 'store'> {
+  const { jwtSecret, webhookSecret = randomWebhookSecret(), callbackAllow = [], webhookTimings = {} } = settings
+  const { retry, ...timings } = webhookTimings
   return {
     authenticate: jwtSecret ? jwtAuth({ secret: jwtSecret }) : sessionAuth({ header: 'x-session-key' }),
     adminRole: 'admin',
+    webhooks: {
+      secret: webhookSecret,
+      allow: callbackAllow,
+      ...timings,
+      ...(retry ? { retry: retry as Duration[] } : {}),
+    },
   }
 }
 
-export const options = demoOptions(process.env.LONGRUN_JWT_SECRET)
+const settings = settingsFromEnv()
+export const options = demoOptions(settings)
 
-export const setup = (app: FastifyInstance) => demoIndex(app, process.env.LONGRUN_JWT_SECRET)
+export const setup = (app: FastifyInstance) => {
+  demoIndex(app, settings.jwtSecret)
+  if (!settings.webhookSecret) logGeneratedSecret(app.log, options)
+}
+
+/** Receivers need the secret to verify callbacks: show the one the demo made up. */
+export function logGeneratedSecret(log: { warn(obj: object, msg: string): void }, made: typeof options): void {
+  log.warn(
+    { webhookSecret: made.webhooks!.secret },
+    'LONGRUN_WEBHOOK_SECRET is not set: callbacks are signed with this one',
+  )
+}
 
 /** `GET /`: what the demo offers. */
 export function demoIndex(app: FastifyInstance, jwtSecret: string | undefined): void {
@@ -37,6 +93,7 @@ export function demoIndex(app: FastifyInstance, jwtSecret: string | undefined): 
       fileProcessing: 'POST /api/v1/demo/tasks/file-processing {"filePath":"/tmp/a.txt","fileSize":1024}',
       apiCall: 'POST /api/v1/demo/tasks/api-call {"endpoint":"https://api.example.com/data","data":{}}',
       batch: 'POST /api/v1/demo/tasks/batch {"items":["a","b","c"]}',
+      callback: 'any task body may carry "callbackUrl": the outcome is POSTed there, signed (LONGRUN_WEBHOOK_SECRET)',
       flaky: 'POST /api/v1/demo/tasks/flaky {"failTimes":2} (retried with backoff)',
       noop: 'POST /api/v1/demo/tasks/noop {"delayMs":0} (does nothing: for load and scale tests)',
     },

@@ -7,11 +7,14 @@ import { defineAsyncRoute, type AnyAsyncRoute } from 'longrun/http'
 // all streamed by `GET /operations/events?group=demo.tasks`.
 
 const Description = Type.Optional(Type.String({ maxLength: 500 }))
+// Where the outcome is called back (docs/webhooks.md), as Pode's async routes read it.
+const CallbackUrl = Type.Optional(Type.String({ minLength: 1, maxLength: 2048 }))
 
 const SampleTask = Type.Object(
   {
     delayMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 3_000 }),
     description: Description,
+    callbackUrl: CallbackUrl,
     fail: Type.Boolean({ default: false }),
   },
   { additionalProperties: false },
@@ -22,6 +25,7 @@ const FileProcessingTask = Type.Object(
     filePath: Type.String({ minLength: 1, maxLength: 4096 }),
     fileSize: Type.Integer({ minimum: 0 }),
     description: Description,
+    callbackUrl: CallbackUrl,
   },
   { additionalProperties: false },
 )
@@ -31,6 +35,7 @@ const ApiCallTask = Type.Object(
     endpoint: Type.String({ minLength: 1, maxLength: 2048 }),
     data: Type.Optional(Type.Unknown()),
     description: Description,
+    callbackUrl: CallbackUrl,
   },
   { additionalProperties: false },
 )
@@ -39,6 +44,7 @@ const BatchTask = Type.Object(
   {
     items: Type.Array(Type.Unknown(), { minItems: 1, maxItems: 10_000 }),
     description: Description,
+    callbackUrl: CallbackUrl,
   },
   { additionalProperties: false },
 )
@@ -47,6 +53,7 @@ const FlakyTask = Type.Object(
   {
     failTimes: Type.Integer({ minimum: 0, maximum: 10, default: 2 }),
     description: Description,
+    callbackUrl: CallbackUrl,
   },
   { additionalProperties: false },
 )
@@ -54,6 +61,7 @@ const FlakyTask = Type.Object(
 const NoopTask = Type.Object(
   {
     delayMs: Type.Integer({ minimum: 0, maximum: 60_000, default: 0 }),
+    callbackUrl: CallbackUrl,
   },
   { additionalProperties: false },
 )
@@ -69,6 +77,7 @@ export const demoTasks: AnyAsyncRoute[] = [
     url: `${prefix}/sample`,
     name: 'demo.sample',
     sseGroup: 'demo.tasks',
+    callback: { url: '$request.body#/callbackUrl', sendResult: true },
     schema: { body: SampleTask },
     async handler(op) {
       const { delayMs, fail } = op.input
@@ -92,6 +101,7 @@ export const demoTasks: AnyAsyncRoute[] = [
     url: `${prefix}/file-processing`,
     name: 'demo.file-processing',
     sseGroup: 'demo.tasks',
+    callback: { url: '$request.body#/callbackUrl', sendResult: true },
     schema: { body: FileProcessingTask },
     async handler(op) {
       const { filePath, fileSize } = op.input
@@ -111,6 +121,7 @@ export const demoTasks: AnyAsyncRoute[] = [
     url: `${prefix}/api-call`,
     name: 'demo.api-call',
     sseGroup: 'demo.tasks',
+    callback: { url: '$request.body#/callbackUrl', sendResult: true },
     schema: { body: ApiCallTask },
     async handler(op) {
       const { endpoint, data } = op.input
@@ -130,6 +141,7 @@ export const demoTasks: AnyAsyncRoute[] = [
     url: `${prefix}/batch`,
     name: 'demo.batch',
     sseGroup: 'demo.tasks',
+    callback: { url: '$request.body#/callbackUrl', sendResult: true },
     schema: { body: BatchTask },
     async handler(op) {
       const { items } = op.input
@@ -148,6 +160,7 @@ export const demoTasks: AnyAsyncRoute[] = [
     url: `${prefix}/flaky`,
     name: 'demo.flaky',
     sseGroup: 'demo.tasks',
+    callback: { url: '$request.body#/callbackUrl', sendResult: true },
     schema: { body: FlakyTask },
     // Watch it retry: attempts 1..failTimes fail, each followed by an exponential, jittered pause.
     retry: { attempts: 4, backoff: 'exponential', delay: '500ms', maxDelay: '5s' },
@@ -166,6 +179,7 @@ export const demoTasks: AnyAsyncRoute[] = [
     url: `${prefix}/noop`,
     name: 'demo.noop',
     sseGroup: 'demo.tasks',
+    callback: { url: '$request.body#/callbackUrl', sendResult: true },
     schema: { body: NoopTask },
     // Nothing to do but be stored, claimed and settled: what load and scale-out tests measure.
     concurrency: 20,

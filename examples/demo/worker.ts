@@ -1,6 +1,7 @@
 import { buildWorker, closeOnSignals, consoleLogger, openStore, storeUrl } from 'longrun/cli'
 import { timingsFromEnv } from './env.js'
-import { options, routes } from './module.js'
+import { startDeliveries } from 'longrun/http'
+import { logGeneratedSecret, options, routes } from './module.js'
 
 // `npm run worker`: runs the demo's handlers, and serves no HTTP. Start any number of them beside
 // API-only servers (`LONGRUN_ROLE=api npm start`) on one shared store, e.g. PostgreSQL:
@@ -18,7 +19,13 @@ if (url === 'memory') {
 }
 const store = await openStore(url, { ...(env.LONGRUN_PG_SCHEMA ? { pgSchema: env.LONGRUN_PG_SCHEMA } : {}), logger })
 const engine = buildWorker({ store, logger, ...timingsFromEnv(env) }, { routes, options })
-closeOnSignals(() => engine.close(), logger)
+// Callbacks are sent where handlers run.
+const deliveries = startDeliveries(engine, options.webhooks!, { logger })
+if (!env.LONGRUN_WEBHOOK_SECRET) logGeneratedSecret(logger, options)
+closeOnSignals(async () => {
+  await Promise.all([engine.drain(), deliveries.close()])
+  await engine.close()
+}, logger)
 
 engine.start()
 logger.info(

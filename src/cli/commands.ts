@@ -1,4 +1,5 @@
 import type { Logger } from '../core/logger.js'
+import { startDeliveries } from '../http/webhooks/deliveries.js'
 import { consoleLogger } from './logger.js'
 import { buildServer, buildWorker, loadRoutesModule } from './server.js'
 import { closeOnSignals } from './signals.js'
@@ -57,7 +58,17 @@ export async function worker(
     },
     routes,
   )
-  closeOnSignals(() => engine.close(), logger)
+  const webhooks = routes.options?.webhooks
+  const deliveries =
+    webhooks &&
+    startDeliveries(engine, webhooks, {
+      ...(routes.options?.basePath ? { basePath: routes.options.basePath } : {}),
+      logger,
+    })
+  closeOnSignals(async () => {
+    await Promise.all([engine.drain(), deliveries?.close()])
+    await engine.close()
+  }, logger)
   engine.start()
   logger.info(
     { workerId: engine.workerId, store: redact(url), operations: engine.definitions().map((def) => def.name) },

@@ -11,7 +11,7 @@ import {
   type Principal,
 } from './permissions.js'
 import type { Condition } from './query.js'
-import type { FeedPage, QuerySort } from './store.js'
+import type { Delivery, FeedPage, QuerySort } from './store.js'
 import type { HistoryEntry, ListQuery, Operation, Page, Readable, StatsQuery } from './types.js'
 
 /** The access policy with the grants that are not per definition. */
@@ -95,6 +95,18 @@ export class OperationAccess {
   async retry(id: string): Promise<Operation> {
     await this.#writable(id)
     return this.#engine.retry(id, this.owner)
+  }
+
+  /** The operation's webhook messages and their attempts: readable like the operation. */
+  async deliveries(id: string): Promise<Delivery[]> {
+    await this.get(id)
+    return this.#engine.deliveries(id)
+  }
+
+  /** Sends its messages again: a change, so for those who may change the operation. */
+  async redeliver(id: string): Promise<number> {
+    await this.#writable(id)
+    return this.#engine.redeliver(id, this.owner)
   }
 
   async delete(id: string): Promise<void> {

@@ -21,13 +21,26 @@ import type { Condition } from './query.js'
 import {
   hasEventFeed,
   hasEventLog,
+  hasOutbox,
   isQueryable,
+  type Delivery,
   type FeedPage,
   type FeedQuery,
   type QuerySort,
   type Store,
 } from './store.js'
-import type { HistoryEntry, ListQuery, NewOperation, Operation, Page, Readable, StatsQuery, StatsRow } from './types.js'
+import type {
+  Callback,
+  HistoryEntry,
+  ListQuery,
+  NewOperation,
+  Operation,
+  Page,
+  Readable,
+  StatsQuery,
+  StatsRow,
+  Subscription,
+} from './types.js'
 
 export interface SubmitRequest {
   input?: unknown
@@ -38,6 +51,10 @@ export interface SubmitRequest {
   owner?: string | null
   /** The submitting request's id in the server's logs; the handler's logs carry it as `reqId`. */
   requestId?: string
+  /** Where its outcome is called back (resolved from its route's settings and the request). */
+  callback?: Callback
+  /** Who gets messages about which of its events: its callback, the app's webhook endpoints. */
+  subscriptions?: Subscription[]
 }
 
 // NUL cannot occur in an owner id or a name, so scopes never collide.
@@ -238,6 +255,8 @@ export class Engine extends EventEmitter<EngineEvents> {
       query: request.query ?? {},
       headers: request.headers ?? {},
       ...(request.requestId === undefined ? {} : { requestId: request.requestId }),
+      ...(request.callback === undefined ? {} : { callback: request.callback }),
+      ...(request.subscriptions?.length ? { subscriptions: request.subscriptions } : {}),
       maxAttempts: def.retry.attempts,
       cancelable: def.cancelable,
       timeoutMs: def.timeoutMs,
@@ -362,6 +381,22 @@ export class Engine extends EventEmitter<EngineEvents> {
   async queryStats(query: StatsQuery & { where: Condition[] }): Promise<Stats> {
     if (!isQueryable(this.store)) throw capabilityMissing('queries (Queryable)')
     return toStats(await this.store.queryStats(query))
+  }
+
+  /** The operation's webhook messages with their attempts, oldest first; needs an `Outbox` store. */
+  async deliveries(id: string): Promise<Delivery[]> {
+    await this.get(id)
+    if (!hasOutbox(this.store)) throw capabilityMissing('webhook deliveries (Outbox)')
+    return this.store.deliveries(id)
+  }
+
+  /** Sends the operation's delivered and failed messages again, now; returns how many. */
+  async redeliver(id: string, actor: string | null = null): Promise<number> {
+    const op = await this.get(id)
+    if (!hasOutbox(this.store)) throw capabilityMissing('webhook deliveries (Outbox)')
+    const count = await this.store.redeliver(id, this.#opts.clock())
+    this.#opts.logger.info({ operationId: id, operation: op.name, actor, count }, 'longrun: redelivery requested')
+    return count
   }
 
   /** The cleanup service as it is: scheduled or not, running or not, its options and its last run. */

@@ -28,6 +28,7 @@ export const ERRORS = {
   'invalid-headers': { status: 400, title: 'Invalid request' },
   'invalid-query': { status: 400, title: 'Invalid query' },
   'invalid-condition': { status: 400, title: 'Invalid condition' },
+  'invalid-callback': { status: 422, title: 'Invalid callback' },
   'unsupported-media-type': { status: 415, title: 'Unsupported media type' },
   'unsupported-value': { status: 422, title: 'Unsupported value' },
   'body-too-large': { status: 413, title: 'Body too large' },

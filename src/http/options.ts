@@ -3,6 +3,7 @@ import { invalidOption } from '../core/errors.js'
 import type { OperationAccessPolicy } from '../core/access.js'
 import type { AccessList } from '../core/permissions.js'
 import type { Authenticate } from './auth.js'
+import { resolveWebhookOptions, type ResolvedWebhookOptions, type WebhookOptions } from './webhooks/options.js'
 
 /** The options of the HTTP protocol, the same for every adapter. */
 export interface ProtocolOptions {
@@ -53,6 +54,12 @@ export interface ProtocolOptions {
   maxWait?: Duration
   /** An event stream whose client has not read what was sent for this long is closed. @default '30s' */
   slowConsumerTimeout?: Duration
+  /**
+   * Callbacks and app-wide webhook endpoints: signing secrets, endpoints, the allow-list of
+   * non-public hosts, retries and timeouts (docs/webhooks.md). Needed by routes with a `callback`.
+   * @default none
+   */
+  webhooks?: WebhookOptions
 }
 
 export interface ResolvedProtocolOptions {
@@ -73,6 +80,7 @@ export interface ResolvedProtocolOptions {
   maxStreamsPerCaller: number
   maxWaitMs: number
   slowConsumerTimeoutMs: number
+  webhooks: ResolvedWebhookOptions | undefined
 }
 
 const DEFAULTS = {
@@ -183,5 +191,6 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
     maxStreamsPerCaller: maxStreams,
     maxWaitMs: positiveMs('maxWait'),
     slowConsumerTimeoutMs: positiveMs('slowConsumerTimeout'),
+    webhooks: input.webhooks === undefined ? undefined : resolveWebhookOptions(input.webhooks),
   }
 }

@@ -1,6 +1,6 @@
 import { OperationAccess } from '../core/access.js'
 import type { Engine } from '../core/engine.js'
-import { LongrunError } from '../core/errors.js'
+import { invalidOption, LongrunError } from '../core/errors.js'
 import { isTerminal, OPERATION_STATES, type OperationState } from '../core/operation.js'
 import type { Principal } from '../core/permissions.js'
 import type { CleanupRun } from '../core/cleanup.js'
@@ -85,6 +85,9 @@ export class OperationsProtocol {
     route: AsyncRouteOptions<S, Result, Args, TP>,
   ): ResolvedAsyncRoute {
     const resolved = resolveAsyncRoute(route)
+    if (resolved.callback && !this.options.webhooks) {
+      throw invalidOption(`${resolved.name}.callback`, "needs the plugin's webhooks option (its signing secret)")
+    }
     this.engine.define(resolved.definition)
     this.#routes.set(resolved.name, resolved)
     return resolved
@@ -279,6 +282,29 @@ export class OperationsProtocol {
 
   async retry(access: OperationAccess, id: string): Promise<HttpReply> {
     return this.accepted(await access.retry(id))
+  }
+
+  /** Every webhook message of the operation (its callback's and app-wide endpoints'), with each attempt. */
+  async deliveries(access: OperationAccess, id: string, request: Pick<LiveRequest, 'headers'>): Promise<HttpReply> {
+    const iso = (ms: number) => new Date(ms).toISOString()
+    const items = (await access.deliveries(id)).map(({ nextAttemptAt, attempts, ...message }) => ({
+      ...message,
+      nextAttemptAt: nextAttemptAt === undefined ? null : iso(nextAttemptAt),
+      attempts: attempts.map(({ at, status, error, ...attempt }) => ({
+        at: iso(at),
+        ...attempt,
+        status: status ?? null,
+        error: error ?? null,
+      })),
+    }))
+    const body = JSON.stringify({ items })
+    return this.#validated({ status: 200, headers: { 'content-type': JSON_TYPE }, body }, request)
+  }
+
+  /** Sends the operation's delivered and failed messages again. */
+  async redeliver(access: OperationAccess, id: string): Promise<HttpReply> {
+    const redelivered = await access.redeliver(id)
+    return { status: 202, headers: { 'content-type': JSON_TYPE }, body: { redelivered } }
   }
 
   async remove(access: OperationAccess, id: string): Promise<HttpReply> {

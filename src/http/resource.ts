@@ -1,6 +1,6 @@
 import { attemptsOf } from '../core/history.js'
 import { isTerminal } from '../core/operation.js'
-import type { HistoryEntry, Operation, OperationError } from '../core/types.js'
+import type { DeliveryState, HistoryEntry, Operation, OperationError } from '../core/types.js'
 
 /** The operation as clients see it (docs/protocol.md): camelCase, ISO 8601 UTC times, links. */
 export interface OperationResource {
@@ -27,6 +27,15 @@ export interface OperationResource {
   /** With `message` (its `detail`, else its `title`), which Azure's pollers show. */
   error?: OperationError & { message: string }
   links: { self: string; result: string; error: string; cancel: string }
+  /** For an operation with a callback: where it goes and how it is doing (Pode's `CallbackInfo`). */
+  callback?: {
+    url: string
+    method: 'POST' | 'PUT'
+    state: DeliveryState
+    attempts: number
+    lastAttemptAt: string | null
+    lastStatus: number | null
+  }
   /** Only on the single-operation view. */
   attempts?: {
     attempt: number
@@ -100,6 +109,18 @@ export function toResource(op: Operation, options: ResourceOptions): OperationRe
   }
   if (op.error && op.state !== 'succeeded') {
     resource.error = { ...publicError(op.error, options.exposeStack), message: op.error.detail ?? op.error.title }
+  }
+  if (op.callback) {
+    // Not its headers: they may carry the receiver's credentials.
+    const { url, method, state, attempts, lastAttemptAt, lastStatus } = op.callback
+    resource.callback = {
+      url,
+      method,
+      state,
+      attempts,
+      lastAttemptAt: iso(lastAttemptAt),
+      lastStatus: lastStatus ?? null,
+    }
   }
   return resource
 }

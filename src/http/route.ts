@@ -1,6 +1,7 @@
 import type { OperationDefinition } from '../core/definition.js'
 import { toMs, type Duration } from '../core/duration.js'
 import { invalidOption } from '../core/errors.js'
+import { resolveCallbackOptions, type CallbackOptions, type ResolvedCallback } from './callback.js'
 import { RESULT_TYPES, type ResultType } from './formats.js'
 import type { IdempotencyMode } from './idempotency.js'
 import {
@@ -52,6 +53,11 @@ export interface AsyncRouteOptions<
    * synchronous endpoint would (qbm-http's async handlers). @default none: answer 202 at once
    */
   hold?: HoldOptions
+  /**
+   * Calls the client back when the operation ends (Pode's async route callbacks): signed, retried,
+   * never lost (docs/webhooks.md). `true`: the URL is the body's `callbackUrl`. @default none
+   */
+  callback?: CallbackOptions | true
 }
 
 export interface HoldOptions {
@@ -102,8 +108,32 @@ export interface ResolvedAsyncRoute {
   idempotency: IdempotencyMode
   sseGroup: string | undefined
   hold: { timeoutMs: number; onTimeout: 'accepted' | 'timeout'; cancelOnDisconnect: boolean } | undefined
+  callback: ResolvedCallback | undefined
   definition: OperationDefinition<unknown, unknown, unknown>
 }
+
+const ROUTE_OPTIONS = new Set([
+  // HTTP
+  'method',
+  'url',
+  'schema',
+  'resultTypes',
+  'bodyLimit',
+  'idempotency',
+  'sseGroup',
+  'hold',
+  'callback',
+  // The operation's definition
+  'name',
+  'handler',
+  'concurrency',
+  'timeout',
+  'cancelable',
+  'args',
+  'retry',
+  'idGenerator',
+  'permissions',
+])
 
 export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args, TP extends SchemaTypeProvider>(
   route: AsyncRouteOptions<S, Result, Args, TP>,
@@ -117,9 +147,14 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args, TP e
     idempotency = 'optional',
     sseGroup,
     hold,
+    callback,
     ...definition
   } = route as unknown as AnyAsyncRoute
   const name = definition.name
+  // A misspelt or unsupported option would otherwise be ignored without a word.
+  for (const key of Object.keys(route)) {
+    if (!ROUTE_OPTIONS.has(key)) throw invalidOption(`${name}.${key}`, 'is not an option of async routes')
+  }
   if (typeof url !== 'string' || !url.startsWith('/')) throw invalidOption(`${name}.url`, "must start with '/'")
   if (idempotency !== 'optional' && idempotency !== 'required') {
     throw invalidOption(`${name}.idempotency`, "must be 'optional' or 'required'")
@@ -145,6 +180,7 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args, TP e
     idempotency,
     sseGroup,
     hold: hold && resolveHold(name, hold),
+    callback: callback === undefined ? undefined : resolveCallbackOptions(name, callback),
     definition,
   }
 }

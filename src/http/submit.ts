@@ -5,6 +5,9 @@ import type { Operation } from '../core/types.js'
 import { fingerprint, idempotencyKeyOf, idempotencyKeyRequired, KEY_RECOMMENDED_HEADER } from './idempotency.js'
 import type { ResolvedProtocolOptions } from './options.js'
 import type { ResolvedAsyncRoute } from './route.js'
+import { callbackFor, invalidCallback } from './callback.js'
+import { checkTarget } from './webhooks/address.js'
+import { subscriptionsFor } from './webhooks/options.js'
 
 /** What a submission carries, as the adapter parsed and validated it. */
 export interface SubmitParts {
@@ -100,6 +103,7 @@ export class Submitter {
     if (key === undefined && route.idempotency === 'required') throw idempotencyKeyRequired(idempotencyHeaders[0]!)
     const idempotent =
       key === undefined ? undefined : { key, fingerprint: fingerprint(parts.method, parts.path, parts.body) }
+    const callback = this.#callback(route, parts)
     // One submission of an owner at a time checks the quota and inserts: otherwise a burst of
     // concurrent submissions would all pass the check before any of them was stored.
     return this.#oneAtATime(maxActive === undefined ? undefined : owner, async (): Promise<Submission> => {
@@ -119,6 +123,8 @@ export class Submitter {
         query: parts.query,
         headers: storedHeaders(parts.headers),
         requestId: parts.requestId,
+        ...(callback ? { callback } : {}),
+        subscriptions: subscriptionsFor(route.name, callback && route.callback?.events, this.#opts.webhooks),
       }
       if (!idempotent) {
         return { op: await engine.submit(route.name, request), headers: { [KEY_RECOMMENDED_HEADER]: 'true' } }
@@ -126,5 +132,18 @@ export class Submitter {
       const { op, replayed } = await engine.submitIdempotent(route.name, request, idempotent)
       return { op, headers: replayed ? { 'idempotent-replayed': 'true' } : {} }
     })
+  }
+
+  /**
+   * The route's callback for this request, its URL checked against the SSRF rules before anything
+   * is stored (what it resolves to is checked again when connecting); none when the request gave no URL.
+   */
+  #callback(route: ResolvedAsyncRoute, parts: SubmitParts) {
+    if (!route.callback) return undefined
+    const callback = callbackFor(route.callback, parts)
+    if (!callback) return undefined
+    const check = checkTarget(callback.url, this.#opts.webhooks!.policy)
+    if (!check.ok) throw invalidCallback(`URL is refused (${check.reason}): ${check.message}`)
+    return { ...callback, url: check.url.href }
   }
 }

@@ -14,6 +14,7 @@ import { Engine } from '../../../core/engine.js'
 import { invalidOption, LongrunError } from '../../../core/errors.js'
 import type { EngineOptions } from '../../../core/options.js'
 import { resolveProtocolOptions, type ProtocolOptions } from '../../options.js'
+import { Deliveries } from '../../webhooks/deliveries.js'
 import { OperationsProtocol, type HttpReply } from '../../protocol.js'
 import type { AsyncRouteOptions, AsyncRouteSchema, SchemaTypeProvider } from '../../route.js'
 import type { SchemaTypes } from '../../schema.js'
@@ -109,6 +110,10 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
   const strict = validation === 'strict'
   const engine = new Engine({ ...options, logger: app.log })
   const protocol = new OperationsProtocol(engine, opts)
+  // Messages are written by any process; they are sent where handlers run.
+  const deliveries =
+    opts.webhooks &&
+    new Deliveries(engine, opts.webhooks, { basePath: opts.basePath, exposeStack: opts.exposeStack, logger: app.log })
 
   // Who sent each request, found once by `authenticate` below; requests are never reused.
   const callers = new WeakMap<FastifyRequest, Principal>()
@@ -259,12 +264,15 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
     { prefix: mounted.basePath },
   )
 
-  app.addHook('onReady', async () => engine.start())
+  app.addHook('onReady', async () => {
+    engine.start()
+    if (options.worker !== false) deliveries?.start()
+  })
   // Stop claiming as soon as closing begins, and answer every stream, wait and held request now: the
   // server would otherwise wait for them. The store stays open for requests still in flight.
   app.addHook('preClose', async () => {
     protocol.shutdown()
-    await engine.drain()
+    await Promise.all([engine.drain(), deliveries?.close()])
   })
   app.addHook('onClose', async () => engine.close())
 }
@@ -281,6 +289,9 @@ export type { ProtocolOptions } from '../../options.js'
 export type { LongrunCorsOptions } from './cors.js'
 export { EXPOSED_HEADERS } from '../../routes.js'
 export type { ResultType } from '../../formats.js'
+export type { CallbackOptions } from '../../callback.js'
+export type { WebhookEndpoint, WebhookOptions } from '../../webhooks/options.js'
+export type { WebhookPayload } from '../../webhooks/deliveries.js'
 export type { OperationResource } from '../../resource.js'
 export type { Problem } from '../../problem.js'
 export type { RequestHead } from '../../request.js'
