@@ -280,11 +280,14 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
     // every outbox statement does.
     claimMessages: `
       WITH clock AS (SELECT ${claimNow} AS now),
+      -- The operation rows too, skipping those locked: a claim then never waits, so it cannot
+      -- deadlock with a delete or purge, which lock the operation before its messages.
       picked AS (
-        SELECT n FROM ${outbox}
-        WHERE (state = 'pending' AND due_at <= $4) OR (state = 'delivering' AND lease_expires_at <= (SELECT now FROM clock))
-        ORDER BY n LIMIT $2
-        FOR UPDATE SKIP LOCKED
+        SELECT m.n FROM ${outbox} m JOIN ${ops} o ON o.id = m.operation_id
+        WHERE (m.state = 'pending' AND m.due_at <= $4)
+          OR (m.state = 'delivering' AND m.lease_expires_at <= (SELECT now FROM clock))
+        ORDER BY m.n LIMIT $2
+        FOR UPDATE OF m, o SKIP LOCKED
       ),
       changed AS (
         UPDATE ${outbox} m SET state = 'delivering', sender = $1, lease_expires_at = (SELECT now FROM clock) + $3::bigint
