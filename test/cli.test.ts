@@ -31,13 +31,22 @@ function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { ...env, ...extra }
 }
 
-function longrun(args: string[], env: Record<string, string> = {}, input?: string): Promise<Run> {
+/** Runs the command to its end; `onStderr` sees its stderr so far as it comes. */
+function longrun(
+  args: string[],
+  env: Record<string, string> = {},
+  input?: string,
+  onStderr?: (stderr: string) => void,
+): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...CLI, ...args], { cwd: ROOT, env: cleanEnv(env) })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')))
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')))
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString('utf8')
+      onStderr?.(stderr)
+    })
     child.once('error', reject)
     child.once('close', (code) => resolve({ code, stdout, stderr }))
     child.stdin.end(input)
@@ -118,11 +127,11 @@ describe('longrun, the command, against `longrun serve` on SQLite', () => {
   })
 
   it('submit --wait prints the result and exits 0 when the operation succeeds', async () => {
-    const run = await cli(['submit', '/jobs/steps', '--data', '{"steps":3,"delayMs":50}', '--wait'])
+    const run = await cli(['submit', '/jobs/steps', '--data', '{"steps":3,"delayMs":300}', '--wait'])
     expect(run.code, run.stderr).toBe(0)
     expect(JSON.parse(run.stdout)).toMatchObject({ done: 3 })
     // Off a terminal, progress is plain lines on stderr, ending with the outcome.
-    expect(run.stderr).toMatch(/^\S+Z running \d+% step 1: of 3$/m)
+    expect(run.stderr).toMatch(/^\S+Z running \d+% step \d: of 3$/m)
     expect(run.stderr.trimEnd().split('\n').at(-1)).toMatch(/ succeeded 100% /)
   })
 
@@ -172,14 +181,18 @@ describe('longrun, the command, against `longrun serve` on SQLite', () => {
   })
 
   it('watch follows an operation to its end in plain lines, and exits with its outcome', async () => {
-    const id = (await cli(['submit', '/jobs/steps', '--data', '{"steps":4,"delayMs":700}'])).stdout.trim()
-    const run = await cli(['watch', id])
+    // The operation waits at its first step until the gate file exists: watch sees it running.
+    const gate = join(dir.path, 'watch-gate')
+    const id = (await cli(['submit', '/jobs/gated', '--data', JSON.stringify({ gate })])).stdout.trim()
+    const run = await longrun(['watch', id], { LONGRUN_SERVER: server }, undefined, (stderr) => {
+      if (stderr.includes(' running 25% step 1: of 4')) writeFileSync(gate, '')
+    })
     expect(run.code, run.stderr).toBe(0)
     const lines = run.stderr.trimEnd().split('\n')
-    expect(lines.length).toBeGreaterThanOrEqual(2)
-    for (const line of lines) expect(line).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z (queued|running|succeeded) \d{1,3}%/)
-    expect(lines.at(-1)).toMatch(/ succeeded 100% /)
-    expect(JSON.parse(run.stdout)).toMatchObject({ done: 4 })
+    expect(lines[0]).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z running 25% step 1: of 4$/)
+    for (const line of lines) expect(line).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z (running|succeeded) \d{1,3}%/)
+    expect(lines.at(-1)).toMatch(/ succeeded 100% done$/)
+    expect(JSON.parse(run.stdout)).toEqual({ gated: true })
   })
 
   it('get, result -o, ls, stats and delete, in both human and --json forms', async () => {
@@ -307,18 +320,22 @@ describe('longrun watch on a terminal', () => {
     const dir = tempDir('longrun-cli-tty-')
     try {
       const { server } = await serve(`sqlite:${join(dir.path, 'tty.db')}`)
-      const id = (
-        await longrun(['submit', '/jobs/steps', '--data', '{"steps":4,"delayMs":400}'], { LONGRUN_SERVER: server })
-      ).stdout.trim()
+      // The operation waits at its first step until the gate file exists: the bar is seen running.
+      const gate = join(dir.path, 'gate')
+      const body = JSON.stringify({ gate })
+      const id = (await longrun(['submit', '/jobs/gated', '--data', body], { LONGRUN_SERVER: server })).stdout.trim()
       // `script` gives the command a pseudo-terminal, as a user's shell would.
       const command = [process.execPath, ...CLI, 'watch', id].join(' ')
+      let stdout = ''
       const run = await new Promise<Run>((resolve, reject) => {
         const child = spawn('script', ['-qec', command, '/dev/null'], {
           cwd: ROOT,
           env: cleanEnv({ LONGRUN_SERVER: server }),
         })
-        let stdout = ''
-        child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')))
+        child.stdout.on('data', (chunk: Buffer) => {
+          stdout += chunk.toString('utf8')
+          if (stdout.includes('| running step 1')) writeFileSync(gate, '')
+        })
         child.once('error', reject)
         child.once('close', (code) => resolve({ code, stdout, stderr: '' }))
       })
@@ -328,9 +345,7 @@ describe('longrun watch on a terminal', () => {
         .split('\r')
         .filter((frame) => frame.includes('% |'))
       expect(
-        frames.some((frame) =>
-          /[█░]{10,} \d{1,2}% \| running step \d: of 4 \| \d+s elapsed \| (\?|\d+s) left/.test(frame),
-        ),
+        frames.some((frame) => /[█░]{10,} 25% \| running step 1: of 4 \| \d+s elapsed \| (\?|\d+s) left/.test(frame)),
       ).toBe(true)
       expect(frames.at(-1)).toMatch(/█{40} 100% \| succeeded done \| \d+s elapsed/)
     } finally {
