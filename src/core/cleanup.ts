@@ -2,7 +2,12 @@ import type { ResolvedEngineOptions } from './options.js'
 import { isExclusive, isTrimmable, type KeepCounts } from './store.js'
 
 /** Operations one store call removes at most: a run makes as many calls as it needs. */
-const BATCH = 1_000
+// Small purge batches, with the event loop let go between them: a store whose writes block the
+// process (SQLite) serves requests between batches instead of stalling for the whole run. A trim
+// call ranks every finished operation of its states however few it removes: fewer, larger calls.
+const PURGE_BATCH = 200
+const TRIM_BATCH = 5_000
+const yieldToRequests = () => new Promise<void>((resolve) => setImmediate(resolve))
 
 /** The name of the cross-process lock of the cleanup (`Exclusive.exclusively`). */
 export const CLEANUP_LOCK = 'cleanup'
@@ -124,13 +129,13 @@ export class Cleanup {
   async #remove(run: CleanupRun): Promise<void> {
     const { store, clock, keep } = this.#opts
     const now = clock()
-    for (let removed = BATCH; removed === BATCH;) {
-      removed = await store.purge(now, BATCH)
+    for (let removed = PURGE_BATCH; removed === PURGE_BATCH; await yieldToRequests()) {
+      removed = await store.purge(now, PURGE_BATCH)
       run.removed.expired += removed
     }
     if (!keep || !isTrimmable(store)) return
-    for (let removed = BATCH; removed === BATCH;) {
-      removed = await store.trim(keep, BATCH)
+    for (let removed = TRIM_BATCH; removed === TRIM_BATCH; await yieldToRequests()) {
+      removed = await store.trim(keep, TRIM_BATCH)
       run.removed.trimmed += removed
     }
   }

@@ -267,7 +267,11 @@ export class SqliteWrites {
 
   purge(now: number, limit: number): number {
     const ids = this.#sql(
-      `DELETE FROM operations WHERE seq IN (SELECT seq FROM operations WHERE expires_at <= ? AND ${FINISHED} LIMIT ?)
+      // The expiry index, named: without statistics the planner takes the state index, and reads every
+      // finished operation (0.45 s at 1,000,000) to find that none is due.
+      `DELETE FROM operations WHERE seq IN (
+         SELECT seq FROM operations INDEXED BY operations_expiry WHERE expires_at <= ? AND ${FINISHED} LIMIT ?
+       )
        RETURNING id`,
     )
       .pluck()
