@@ -286,7 +286,14 @@ export class SqliteWrites {
    * (by completedAt, ties by insertion order), oldest first, at most `limit`; `kept` as keptCounts
    * makes it.
    */
-  trim(kept: readonly [TerminalState, number][], limit: number): number {
+  trim(all: readonly [TerminalState, number][], limit: number): number {
+    // Ranking every finished operation of a state costs about a second at 1,000,000; finding that no
+    // owner is over its count, a fifth of that on the covering index, and nothing once one is found.
+    const overCount = this.#sql(
+      `SELECT 1 FROM operations WHERE state = ? AND completed_at IS NOT NULL GROUP BY owner HAVING count(*) > ? LIMIT 1`,
+    )
+    const kept = all.filter(([state, count]) => overCount.get(state, count) !== undefined)
+    if (kept.length === 0) return 0
     const states = kept.map(() => '?').join(', ')
     const counts = kept.map(() => 'WHEN ? THEN ?').join(' ')
     const ids = this.#sql(
