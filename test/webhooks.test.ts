@@ -172,6 +172,20 @@ describe('per-route callbacks', () => {
       }),
     ])
 
+    // Queries find operations by how their callback is doing.
+    const query = async (state: string) =>
+      (
+        (await (
+          await fetch(`${base}/operations/query`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ 'callback.state': { op: 'eq', value: state } }),
+          })
+        ).json()) as Json
+      ).items.map((o: Json) => o.id)
+    expect(await query('delivered')).toEqual([op.id])
+    expect(await query('failed')).toEqual([])
+
     // Redelivery sends the same message again: the same webhook-id, which receivers deduplicate by.
     const redeliver = await fetch(`${base}/operations/${op.id}/deliveries/retry`, { method: 'POST' })
     expect(redeliver.status).toBe(202)

@@ -38,6 +38,8 @@ export const QUERY_FIELDS = {
   'progress.percent': 'number',
   'progress.step': 'string',
   'error.code': 'string',
+  /** How the operation's callback is doing: `pending`, `delivering`, `delivered`, `failed`; `null` without one. */
+  'callback.state': 'string',
 } as const
 
 export type FieldType = (typeof QUERY_FIELDS)[keyof typeof QUERY_FIELDS]

@@ -1445,6 +1445,25 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(await wrongCases(cases)).toEqual([])
       })
 
+      it("compares the state of an operation's callback, null without one", async () => {
+        const callback = {
+          url: 'https://hooks.example.com/',
+          method: 'POST',
+          contentType: 'application/json',
+          headers: {},
+          sendResult: false,
+        } as const
+        await q.insert(newOp({ id: 'qcb', callback, subscriptions: [{ target: 'callback', events: ['succeeded'] }] }))
+        await q.insert(newOp({ id: 'qnone' }))
+        const found = async (op: string, value: ConditionValue) =>
+          ids((await q.query({ limit: 10, where: [{ field: 'callback.state', op, value } as Condition] })).items).sort()
+        expect(await found('eq', 'pending')).toEqual(['qcb'])
+        expect(await found('like', 'PEND*')).toEqual(['qcb'])
+        expect(await found('eq', 'delivered')).toEqual([])
+        expect(await found('eq', null)).toEqual(['qnone'])
+        expect(await found('ne', 'pending')).toEqual(['qnone'])
+      })
+
       it('reaches into the input by path, by JSON type, missing and null paths as null', async () => {
         await fixture()
         const cases: Case[] = [

@@ -15,7 +15,7 @@ import {
 
 type Value = string | number | boolean | null | object
 
-const PROPERTIES: Record<ColumnField, keyof Operation> = {
+const PROPERTIES: Record<Exclude<ColumnField, 'callback.state'>, keyof Operation> = {
   id: 'id',
   name: 'name',
   state: 'state',
@@ -85,6 +85,7 @@ function test(plan: Plan): (op: Operation) => boolean {
 
 function reader(target: Target): (op: Operation) => Value {
   if (target.kind === 'column') {
+    if (target.field === 'callback.state') return (op) => op.callback?.state ?? null
     const property = PROPERTIES[target.field]
     return (op) => (op[property] as Value | undefined) ?? null
   }

@@ -30,6 +30,7 @@ const COLUMNS: Record<ColumnField, string> = {
   attempt: 'attempt',
   maxAttempts: 'max_attempts',
   timeout: 'timeout_ms',
+  'callback.state': 'callback_state',
 }
 
 const OPERATORS: Record<Comparison, string> = { eq: '=', gt: '>', lt: '<', ge: '>=', le: '<=' }
