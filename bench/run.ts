@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import autocannon from 'autocannon'
 import { parseOptions, SCENARIOS, type BenchOptions, type Scenario } from './lib/options.js'
 import { copyPrefill, ensurePrefill } from './lib/prefill.js'
+import { ensureQuerySeed } from './lib/query-seed.js'
 import { ROOT, runJob, startServer, type RunningServer } from './lib/proc.js'
 import { checkRedis, flushQueue } from './lib/redis.js'
 import { evaluate, markdownTable, targetsTable, type Row, type Sample } from './lib/report.js'
@@ -30,6 +31,32 @@ interface Request {
 }
 
 const SUBMIT: Request = { method: 'POST', path: '/jobs', body: '{}' }
+
+/** A shorter query scenario for --quick: fewer samples, shorter windows, a short trim. */
+const QUERY_QUICK = {
+  BENCH_QUERY_SAMPLES: '50',
+  BENCH_QUERY_BUDGET_MS: '3000',
+  BENCH_BASELINE_MS: '2000',
+  BENCH_TRIM_BUDGET_MS: '10000',
+}
+
+/** The cleanup runs of the query scenario, by their key in bench/jobs/longrun-query.ts. */
+const QUERY_CLEANUPS = [
+  ['purge', 'cleanup (purge 100,000 expired), submits in the same process'],
+  ['purge2p', 'cleanup (purge 100,000 expired), submits in a second process'],
+  ['trim', 'trim by keep counts (~100,000 beyond), submits in the same process'],
+] as const
+
+/** The queries of the query scenario, by their key in bench/jobs/longrun-query.ts. */
+const QUERY_KINDS = [
+  ['stateRange', 'query: state = X and createdAt in a 1 h / 1 d / 7 d range, limit 20'],
+  ['inputEq', 'query: input.customer eq (about 20 match), limit 20'],
+  ['inputLike', "query: input.customer like 'acme-12*' (about 0.2% match), limit 20"],
+  ['inputRegionState', 'query: input.region eq and state eq (about 24% match), limit 20'],
+  ['listFirst', 'list: first page, limit 20'],
+  ['listOwner', 'list: first page of one owner, limit 20'],
+  ['statsState', 'queryStats: state eq'],
+] as const
 
 class Bench {
   readonly samples: Record<string, Sample[]> = {}
@@ -377,6 +404,82 @@ async function main(): Promise<number> {
     }
   }
 
+  // 9: queries, and one cleanup run while submitting, on 1,000,000 stored operations.
+  if (has('query')) {
+    log(`\n== Query, retention and cleanup: ${f0(opts.queryOps)} stored ==`)
+    const seeded = await ensureQuerySeed(CACHE, opts.queryOps, log)
+    bench.record('query.seed', {
+      seedSeconds: seeded.seedSeconds,
+      cached: seeded.cached ? 1 : 0,
+      sizeMiB: seeded.sizeMiB,
+    })
+    if (seeded.cached) log(`  (seeded file from the cache: ${seeded.path})`)
+    for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
+      log(`run ${bench.run}/${opts.runs}`)
+      await bench.attempt('query', async () => {
+        const raw = await runJob<Record<string, Record<string, unknown>>>(
+          'longrun-query',
+          { BENCH_QUERY_SEED: seeded.path, BENCH_QUERY_DIR: SCRATCH, ...(opts.quick ? QUERY_QUICK : {}) },
+          1_200_000,
+        )
+        for (const [key, part] of Object.entries(raw)) {
+          if (typeof part === 'object' && part !== null) bench.record(`query.${key}`, flatten(part))
+        }
+        const q = bench.samples['query.queries']?.at(-1) ?? {}
+        const kinds = [...new Set(Object.keys(q).map((k) => k.split('_')[0]!))]
+        for (const kind of kinds) {
+          log(
+            `  ${kind}: p50 ${f2(q[`${kind}_p50Ms`]!)} / p99 ${f2(q[`${kind}_p99Ms`]!)} ms (${q[`${kind}_samples`]} samples)`,
+          )
+        }
+        for (const [key, label] of QUERY_CLEANUPS) {
+          const c = bench.samples[`query.${key}`]?.at(-1)
+          if (!c) continue
+          log(
+            `  ${label}: removed ${f0(c.removed!)} in ${f2(c.seconds!)} s; submits ${f0(c.baselinePerSec!)}/s without, ` +
+              `${f0(c.duringPerSec!)}/s during (${f2(c.ratio!)}x)  [${bench.elapsed()}]`,
+          )
+        }
+      })
+      await bench.attempt('query cleanup cost', async () => {
+        const raw = await runJob<Record<string, Record<string, unknown>>>(
+          'longrun-cleanup-cost',
+          { BENCH_QUERY_SEED: seeded.path, BENCH_QUERY_DIR: SCRATCH },
+          600_000,
+        )
+        const cost = flatten(raw)
+        bench.record('query.cost', cost)
+        log(
+          `  purge alone: ${f0(cost.purge_batches!)} batches in ${f2(cost.purge_seconds!)} s, p50 ${f2(cost.purge_batchP50Ms!)} ms, ` +
+            `last ${f2(cost.purge_lastBatchMs!)} ms; with nothing to remove: purge ${f2(cost.idle_purgeMs!)} ms, ` +
+            `trim ${f2(cost.idle_trimMs!)} ms  [${bench.elapsed()}]`,
+        )
+      })
+    }
+  }
+
+  // 10: callbacks: what one costs a submit, and how fast a process sends them.
+  if (has('webhooks')) {
+    log(`\n== Callbacks: submit with and without, and delivery from a backlog ==`)
+    for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
+      await bench.attempt('webhooks', async () => {
+        const result = await runJob<Sample>(
+          'longrun-webhooks',
+          { BENCH_DURATION: String(opts.duration), BENCH_OPS: opts.quick ? '500' : '2000' },
+          300_000,
+        )
+        bench.record('webhooks.plain', { perSec: result.submitPlainPerSec! })
+        bench.record('webhooks.called', { perSec: result.submitCalledPerSec! })
+        bench.record('webhooks.delivery', { perSec: result.deliveriesPerSec!, seconds: result.deliverySeconds! })
+        log(
+          `  submit ${f0(result.submitPlainPerSec!)}/s without a callback, ${f0(result.submitCalledPerSec!)}/s with ` +
+            `(${f2(result.ratio!)}x); ${f0(result.deliveries!)} callbacks in ${f2(result.deliverySeconds!)} s ` +
+            `(${f0(result.deliveriesPerSec!)}/s)  [${bench.elapsed()}]`,
+        )
+      })
+    }
+  }
+
   rmSync(SCRATCH, { recursive: true, force: true })
   write(opts, bench, redisVersion)
   if (bench.errors.length > 0) {
@@ -397,6 +500,8 @@ function rows(opts: BenchOptions): Row[] {
   const S6 = `6. Scale (${f0(opts.prefill)} stored)`
   const S7 = `7. Event streams (${f0(opts.streams)} concurrent, progress every 100 ms)`
   const S8 = '8. Learning that an operation ended (10 s operations, progress 4 times)'
+  const S9 = `9. Query, retention and cleanup (${f0(opts.queryOps)} stored, SQLite)`
+  const S10 = '10. Callbacks (SQLite, a receiver on 127.0.0.1 answering 204)'
   const observed = (variant: string, key: string, isBaseline = false) => [
     {
       scenario: S8,
@@ -655,6 +760,116 @@ function rows(opts: BenchOptions): Row[] {
       ...observed('SSE stream', 'streams.sse'),
       ...observed('GET .../wait?timeout=30', 'streams.wait'),
     ],
+    webhooks: [
+      {
+        scenario: S10,
+        variant: 'submit, route without a callback',
+        key: 'webhooks.plain',
+        metric: 'perSec',
+        label: 'req/s',
+        decimals: 0,
+        isBaseline: true,
+      },
+      {
+        scenario: S10,
+        variant: 'submit, route with a callback (outbox write with the outcome, delivery in the same process)',
+        key: 'webhooks.called',
+        metric: 'perSec',
+        label: 'req/s',
+        decimals: 0,
+        baseline: 'webhooks.plain',
+      },
+      {
+        scenario: S10,
+        variant: 'callbacks sent from a backlog of accepted operations (no-op handler)',
+        key: 'webhooks.delivery',
+        metric: 'perSec',
+        label: 'deliveries/s',
+        decimals: 0,
+      },
+    ],
+    query: [
+      {
+        scenario: S9,
+        variant: 'seeding (once, then cached; 0 = from the cache)',
+        key: 'query.seed',
+        metric: 'seedSeconds',
+        label: 's',
+        decimals: 1,
+      },
+      ...QUERY_KINDS.flatMap(([kind, variant]) => [
+        { scenario: S9, variant, key: 'query.queries', ...ms(`${kind}_p50Ms`, 'p50, ms') },
+        { scenario: S9, variant, key: 'query.queries', ...ms(`${kind}_p99Ms`, 'p99, ms') },
+        { scenario: S9, variant, key: 'query.queries', metric: `${kind}_samples`, label: 'samples', decimals: 0 },
+      ]),
+      ...QUERY_CLEANUPS.flatMap(([key, variant]) => [
+        { scenario: S9, variant, key: `query.${key}`, metric: 'removed', label: 'operations removed', decimals: 0 },
+        { scenario: S9, variant, key: `query.${key}`, metric: 'seconds', label: 'run duration, s', decimals: 1 },
+        {
+          scenario: S9,
+          variant,
+          key: `query.${key}`,
+          metric: 'baselinePerSec',
+          label: 'submits/s without a run',
+          decimals: 0,
+        },
+        {
+          scenario: S9,
+          variant,
+          key: `query.${key}`,
+          metric: 'duringPerSec',
+          label: 'submits/s during the run',
+          decimals: 0,
+        },
+        {
+          scenario: S9,
+          variant,
+          key: `query.${key}`,
+          metric: 'ratio',
+          label: 'submit throughput during / without (same run)',
+          decimals: 3,
+        },
+        { scenario: S9, variant, key: `query.${key}`, ...ms('baselineP99Ms', 'submit p99 without a run, ms') },
+        { scenario: S9, variant, key: `query.${key}`, ...ms('duringP99Ms', 'submit p99 during the run, ms') },
+      ]),
+      {
+        scenario: S9,
+        variant: QUERY_CLEANUPS[2][1],
+        key: 'query.trim',
+        ...ms('batchMs', 'ms per trim batch of 1,000'),
+      },
+      {
+        scenario: S9,
+        variant: QUERY_CLEANUPS[2][1],
+        key: 'query.trim',
+        metric: 'expected',
+        label: 'operations beyond the keep count',
+        decimals: 0,
+      },
+      {
+        scenario: S9,
+        variant: QUERY_CLEANUPS[2][1],
+        key: 'query.trim',
+        metric: 'projectedSeconds',
+        label: 'projected s to trim them all (when cut at the budget)',
+        decimals: 0,
+      },
+      ...(
+        [
+          ['purge_seconds', 's for all batches'],
+          ['purge_batchP50Ms', 'batch p50, ms'],
+          ['purge_first90MaxMs', 'slowest of the first 90 batches, ms'],
+          ['purge_lastBatchMs', 'last batch (finds fewer than 1,000), ms'],
+          ['idle_purgeMs', 'purge with nothing expired, ms (one call)'],
+          ['idle_trimMs', 'trim with nobody beyond the counts, ms (one call)'],
+        ] as const
+      ).map(([metric, label]) => ({
+        scenario: S9,
+        variant: 'store calls alone (purge 100,000 expired in batches of 1,000, no submits)',
+        key: 'query.cost',
+        ...ms(metric, label),
+      })),
+    ],
   }
   return SCENARIOS.filter((s) => opts.scenarios.has(s)).flatMap((s) => parts[s])
 }
@@ -732,6 +947,7 @@ function write(opts: BenchOptions, bench: Bench, redisVersion: string | undefine
     jobs: opts.jobs,
     latencyOps: opts.latencyOps,
     prefill: opts.prefill,
+    queryOps: opts.queryOps,
     scenarios: [...opts.scenarios],
     totalSeconds: Math.round(seconds),
   }

@@ -1,7 +1,19 @@
 import { parseArgs } from 'node:util'
 
-export const SCENARIOS = ['submit', 'bullmq', 'e2e', 'latency', 'status', 'scale', 'streams'] as const
+export const SCENARIOS = [
+  'submit',
+  'bullmq',
+  'e2e',
+  'latency',
+  'status',
+  'scale',
+  'streams',
+  'query',
+  'webhooks',
+] as const
 export type Scenario = (typeof SCENARIOS)[number]
+/** Scenarios only `--only` runs: they take minutes of their own (see bench/README.md). */
+const OPT_IN: readonly Scenario[] = ['query']
 
 export interface BenchOptions {
   quick: boolean
@@ -25,6 +37,8 @@ export interface BenchOptions {
   drainTimeout: number
   /** Concurrent event streams in the streams scenario. */
   streams: number
+  /** Operations stored in the SQLite file of the query scenario. */
+  queryOps: number
   scenarios: Set<Scenario>
   redisUrl: string
   /** Results are written to `<outDir>/<name>.md` and `.json`. */
@@ -46,8 +60,10 @@ const HELP = `Usage: npm run bench -- [options]          (environment variable, 
   --prefill <n>         operations stored for the scale scenario (BENCH_PREFILL, 1000000)
   --drain-timeout <s>   longest wait for accepted jobs to finish (BENCH_DRAIN_TIMEOUT, 60)
   --streams <n>         concurrent event streams                 (BENCH_STREAMS, 2000)
-  --only <list>         comma-separated subset of               (BENCH_ONLY, all)
+  --query-ops <n>       operations stored for the query scenario (BENCH_QUERY_OPS, 1000000)
+  --only <list>         comma-separated subset of               (BENCH_ONLY, all but ${OPT_IN.join(', ')})
                         ${SCENARIOS.join(', ')}
+                        (${OPT_IN.join(', ')}: only when named; writes bench/results/query.{md,json})
   --skip-scale          leave out the scale scenario (no prefill) (BENCH_SKIP_SCALE=1)
   --name <name>         results file name in bench/results/      (latest; quick with --quick)
   --redis <url>         Redis for the BullMQ baselines           (REDIS_URL, redis://127.0.0.1:6379)
@@ -60,6 +76,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     options: {
       quick: { type: 'boolean', default: false },
       streams: { type: 'string' },
+      'query-ops': { type: 'string' },
       duration: { type: 'string' },
       warmup: { type: 'string' },
       runs: { type: 'string' },
@@ -94,7 +111,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     Math.round(num(flag, envName, fallback, min))
 
   const only = values.only ?? env.BENCH_ONLY
-  const scenarios = new Set<Scenario>(SCENARIOS)
+  const scenarios = new Set<Scenario>(SCENARIOS.filter((s) => !OPT_IN.includes(s)))
   if (only) {
     scenarios.clear()
     for (const part of only.split(',').map((s) => s.trim())) {
@@ -119,8 +136,10 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     prefill: int(values.prefill, 'BENCH_PREFILL', 1_000_000),
     drainTimeout: num(values['drain-timeout'], 'BENCH_DRAIN_TIMEOUT', 60, 1),
     streams: int(values.streams, 'BENCH_STREAMS', quick ? 200 : 2_000),
+    queryOps: int(values['query-ops'], 'BENCH_QUERY_OPS', 1_000_000),
     scenarios,
     redisUrl: values.redis ?? env.REDIS_URL ?? 'redis://127.0.0.1:6379',
-    name: values.name ?? (quick ? 'quick' : 'latest'),
+    // The query scenario alone keeps its own file, as the streams run does.
+    name: values.name ?? (quick ? 'quick' : scenarios.size === 1 && scenarios.has('query') ? 'query' : 'latest'),
   }
 }
