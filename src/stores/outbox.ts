@@ -1,4 +1,5 @@
-import type { Callback, CallbackStatus, DeliveryState } from '../core/types.js'
+import type { OutboxMessage } from '../core/store.js'
+import type { Callback, CallbackStatus, DeliveryState, HistoryEvent } from '../core/types.js'
 
 // What the stores' outboxes share: message ids and the callback status a new operation starts with.
 
@@ -20,3 +21,26 @@ export const stateAfter = (ok: boolean, retryAt: number | undefined): DeliverySt
 export function newCallback(callback: Callback): Callback & CallbackStatus {
   return { ...structuredClone(callback), state: 'pending', attempts: 0 }
 }
+
+/** A message as the SQL stores' `outbox` tables hold it. */
+export interface MessageRow {
+  id: string
+  operation_id: string
+  seq: number
+  event: HistoryEvent
+  at: number
+  target: string
+  attempts: number
+  sender: string
+}
+
+export const toMessage = (row: MessageRow): OutboxMessage => ({
+  id: row.id,
+  operationId: row.operation_id,
+  seq: row.seq,
+  event: row.event,
+  at: row.at,
+  target: row.target,
+  attempts: row.attempts,
+  sender: row.sender,
+})

@@ -10,6 +10,26 @@ import type { KeepCounts } from '../core/store.js'
 /** The resource fields held in a column (in the memory store: a property) of their own. */
 export type ColumnField = Exclude<keyof typeof QUERY_FIELDS, 'progress.percent' | 'progress.step' | 'error.code'>
 
+/** The columns of the resource fields in the SQL stores' `operations` tables. */
+export const SQL_COLUMNS: Record<ColumnField, string> = {
+  id: 'id',
+  name: 'name',
+  state: 'state',
+  owner: 'owner',
+  requestId: 'request_id',
+  createdAt: 'created_at',
+  startedAt: 'started_at',
+  completedAt: 'completed_at',
+  expiresAt: 'expires_at',
+  runAt: 'run_at',
+  cancelable: 'cancelable',
+  cancelRequested: 'cancel_requested',
+  attempt: 'attempt',
+  maxAttempts: 'max_attempts',
+  timeout: 'timeout_ms',
+  'callback.state': 'callback_state',
+}
+
 /** The JS type of the values a column holds besides `null`. */
 export type ValueType = 'string' | 'number' | 'boolean'
 

@@ -3,7 +3,7 @@ import {
   foldAscii,
   planCondition,
   sqlLikePattern,
-  type ColumnField,
+  SQL_COLUMNS,
   type Comparison,
   type Plan,
   type Target,
@@ -13,25 +13,6 @@ import {
 // orders text by the database's collation and jsonb across types, so: text compares COLLATE "C" (by
 // code point, as SQLite and JS do), JSON values are told apart by jsonb_typeof first, and `like`
 // folds ASCII letters only with translate() (ILIKE and lower() would fold other letters too).
-
-const COLUMNS: Record<ColumnField, string> = {
-  id: 'id',
-  name: 'name',
-  state: 'state',
-  owner: 'owner',
-  requestId: 'request_id',
-  createdAt: 'created_at',
-  startedAt: 'started_at',
-  completedAt: 'completed_at',
-  expiresAt: 'expires_at',
-  runAt: 'run_at',
-  cancelable: 'cancelable',
-  cancelRequested: 'cancel_requested',
-  attempt: 'attempt',
-  maxAttempts: 'max_attempts',
-  timeout: 'timeout_ms',
-  'callback.state': 'callback_state',
-}
 
 const OPERATORS: Record<Comparison, string> = { eq: '=', gt: '>', lt: '<', ge: '>=', le: '<=' }
 
@@ -55,7 +36,7 @@ function test(plan: Exclude<Plan, { kind: 'constant' }>, arg: (value: unknown) =
   const { target } = plan
   if (plan.kind === 'in') return `${column(target)} = ANY(${arg(plan.values)}::text[])`
   if (target.kind === 'column') {
-    const column = COLUMNS[target.field]
+    const column = SQL_COLUMNS[target.field]
     switch (plan.kind) {
       case 'null':
         return `${column} IS NULL`
@@ -105,5 +86,5 @@ function compareColumn(column: string, op: Comparison, value: string | number | 
 
 function column(target: Target): string {
   if (target.kind !== 'column') throw new Error('a set of values applies to a column only')
-  return COLUMNS[target.field]
+  return SQL_COLUMNS[target.field]
 }

@@ -35,7 +35,7 @@ import type {
   StatsRow,
 } from '../../core/types.js'
 import { cursorPosition } from '../cursor.js'
-import { stateAfter } from '../outbox.js'
+import { stateAfter, toMessage, type MessageRow } from '../outbox.js'
 import { keptCounts } from '../query.js'
 import { driver } from './driver.js'
 import { Batch, Lane } from './lane.js'
@@ -511,16 +511,7 @@ export class PgStore implements PostgresStore {
   async claimMessages(sender: string, limit: number, leaseMs: number, now: number): Promise<OutboxMessage[]> {
     if (!(limit > 0)) return []
     const rows = await this.#run<MessageRow>(this.#sql.claimMessages, [sender, limit, leaseMs, now])
-    return rows.map((row) => ({
-      id: row.id,
-      operationId: row.operation_id,
-      seq: row.seq,
-      event: row.event,
-      at: row.at,
-      target: row.target,
-      attempts: row.attempts,
-      sender: row.sender,
-    }))
+    return rows.map(toMessage)
   }
 
   async recordDelivery(message: OutboxMessage, attempt: DeliveryAttempt, retryAt?: number): Promise<boolean> {
@@ -674,17 +665,6 @@ export class PgStore implements PostgresStore {
     const result = await this.#pool.query(text, values)
     return result.rows as R[]
   }
-}
-
-interface MessageRow {
-  id: string
-  operation_id: string
-  seq: number
-  event: HistoryEvent
-  at: number
-  target: string
-  attempts: number
-  sender: string
 }
 
 interface DeliveryRow {

@@ -1,28 +1,9 @@
 import type { Condition } from '../../core/query.js'
-import { planCondition, sqlLikePattern, type ColumnField, type Comparison, type Plan, type Target } from '../query.js'
+import { planCondition, sqlLikePattern, SQL_COLUMNS, type Comparison, type Plan, type Target } from '../query.js'
 
 // Conditions as SQLite SQL with `?` arguments, with the semantics of QUERY_FIELDS: JSON values are
 // told apart by json_type (json_extract answers 1 for `true`, and JSON text for objects), and LIKE
 // already folds ASCII letters only. Text compares with the BINARY collation: by code point.
-
-export const COLUMNS: Record<ColumnField, string> = {
-  id: 'id',
-  name: 'name',
-  state: 'state',
-  owner: 'owner',
-  requestId: 'request_id',
-  createdAt: 'created_at',
-  startedAt: 'started_at',
-  completedAt: 'completed_at',
-  expiresAt: 'expires_at',
-  runAt: 'run_at',
-  cancelable: 'cancelable',
-  cancelRequested: 'cancel_requested',
-  attempt: 'attempt',
-  maxAttempts: 'max_attempts',
-  timeout: 'timeout_ms',
-  'callback.state': 'callback_state',
-}
 
 const OPERATORS: Record<Comparison, string> = { eq: '=', gt: '>', lt: '<', ge: '>=', le: '<=' }
 
@@ -45,7 +26,7 @@ function test(plan: Exclude<Plan, { kind: 'constant' }>, args: unknown[]): strin
   const { target } = plan
   switch (plan.kind) {
     case 'null':
-      if (target.kind === 'column') return `${COLUMNS[target.field]} IS NULL`
+      if (target.kind === 'column') return `${SQL_COLUMNS[target.field]} IS NULL`
       return `coalesce(${jsonType(target, args)}, 'null') = 'null'`
     case 'in':
       if (plan.values.length === 0) return 'FALSE'
@@ -71,11 +52,11 @@ function test(plan: Exclude<Plan, { kind: 'constant' }>, args: unknown[]): strin
 
 function column(target: Target): string {
   if (target.kind !== 'column') throw new Error('a set of values applies to a column only')
-  return COLUMNS[target.field]
+  return SQL_COLUMNS[target.field]
 }
 
 function valueOf(target: Target, args: unknown[]): string {
-  if (target.kind === 'column') return COLUMNS[target.field]
+  if (target.kind === 'column') return SQL_COLUMNS[target.field]
   args.push(jsonPath(target.path))
   return `json_extract(${target.document}, ?)`
 }

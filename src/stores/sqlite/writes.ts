@@ -14,11 +14,10 @@ import type {
   NewOperation,
   Operation,
   Outcome,
-  HistoryEvent,
   Progress,
 } from '../../core/types.js'
 import type { TerminalState } from '../../core/operation.js'
-import { CALLBACK_TARGET, stateAfter } from '../outbox.js'
+import { CALLBACK_TARGET, stateAfter, toMessage, type MessageRow } from '../outbox.js'
 import { operationQueries, statementCache, type Row, type Synchronous } from './connection.js'
 
 // Every write the SQLite store makes. `runBatch` commits a group of writes in one transaction.
@@ -437,28 +436,6 @@ export class SqliteWrites {
     ).run({ id, seq, event: entry.event, at: entry.at })
   }
 }
-
-interface MessageRow {
-  id: string
-  operation_id: string
-  seq: number
-  event: HistoryEvent
-  at: number
-  target: string
-  attempts: number
-  sender: string
-}
-
-const toMessage = (row: MessageRow): OutboxMessage => ({
-  id: row.id,
-  operationId: row.operation_id,
-  seq: row.seq,
-  event: row.event,
-  at: row.at,
-  target: row.target,
-  attempts: row.attempts,
-  sender: row.sender,
-})
 
 /** The use a live key already had, on whichever connection asks. */
 export function findIdempotent(
