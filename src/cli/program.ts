@@ -67,7 +67,7 @@ const positiveInteger = (value: string) => {
 }
 
 /** `field op value`: the value is JSON when it parses (`5`, `true`, `null`, `"5"`), else the text. */
-export function parseWhere(expressions: string[]): Where {
+function parseWhere(expressions: string[]): Where {
   const where: Where = {}
   for (const expression of expressions) {
     const match = /^\s*(\S+)\s+(\S+)\s+(.*?)\s*$/.exec(expression)
@@ -124,7 +124,7 @@ function clientOf(globals: Globals): Client<Record<string, never>> {
 
 const print = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
 
-const iso = (time: string | null) => time ?? '-'
+const orDash = (time: string | null) => time ?? '-'
 
 function summary(op: Operation): string {
   const { percent, step, description } = op.progress
@@ -135,9 +135,9 @@ function summary(op: Operation): string {
     ['state', `${op.state}${op.done ? '' : ` (${progress})`}`],
     ['attempt', `${op.attempt} of ${op.maxAttempts}`],
     ['owner', op.owner ?? '(anonymous)'],
-    ['created', iso(op.createdAt)],
-    ['started', iso(op.startedAt)],
-    ['completed', iso(op.completedAt)],
+    ['created', orDash(op.createdAt)],
+    ['started', orDash(op.startedAt)],
+    ['completed', orDash(op.completedAt)],
   ]
   if (op.error) rows.push(['error', `${op.error.code}: ${op.error.message}`])
   if (op.state === 'succeeded') rows.push(['result', JSON.stringify(op.result)])

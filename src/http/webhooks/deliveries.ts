@@ -29,6 +29,9 @@ export interface WebhookPayload {
   data: ReturnType<typeof toResource>
 }
 
+/** How long after a change a sender looks for messages: changes within it share one look. */
+const CHANGE_DELAY_MS = 20
+
 interface Target {
   url: string
   method: 'POST' | 'PUT'
@@ -51,8 +54,10 @@ export class Deliveries {
   readonly #options: Required<Omit<DeliveriesOptions, 'logger'>> & { logger: Logger | undefined }
   readonly #inFlight = new Set<Promise<void>>()
   #timer: NodeJS.Timeout | undefined
+  #soon: NodeJS.Timeout | undefined
   #unwatch: (() => void) | undefined
-  #claiming = false
+  /** The claim in progress, if any. */
+  #claiming: Promise<void> | undefined
   #again = false
   #closed = false
 
@@ -77,8 +82,14 @@ export class Deliveries {
 
   start(): void {
     if (this.#timer || this.#closed) return
-    // Any change may have written a message: look at once rather than at the next poll.
-    this.#unwatch = this.#engine.watchAll(() => this.wake())
+    // Any change may have written a message: look soon rather than at the next poll, but once for a
+    // burst of changes, so that a busy server does not pay a claim per change.
+    this.#unwatch = this.#engine.watchAll(() => {
+      this.#soon ??= setTimeout(() => {
+        this.#soon = undefined
+        this.wake()
+      }, CHANGE_DELAY_MS)
+    })
     this.#timer = setInterval(() => this.wake(), this.#webhooks.pollMs)
     this.#timer.unref()
     this.wake()
@@ -91,9 +102,8 @@ export class Deliveries {
       this.#again = true
       return
     }
-    this.#claiming = true
-    void this.#claim().finally(() => {
-      this.#claiming = false
+    this.#claiming = this.#claim().finally(() => {
+      this.#claiming = undefined
       if (this.#again) {
         this.#again = false
         this.wake()
@@ -105,7 +115,10 @@ export class Deliveries {
   async close(): Promise<void> {
     this.#closed = true
     clearInterval(this.#timer)
+    clearTimeout(this.#soon)
     this.#unwatch?.()
+    // A claim under way still starts what it took: wait for it, then for every attempt.
+    await this.#claiming
     await Promise.all(this.#inFlight)
   }
 
