@@ -179,14 +179,10 @@ describe("the README's callback round trip", () => {
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')))
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')))
     try {
-      await until(
-        () => /verified operation\.succeeded \S+ \{"message":"Sample task completed"/.test(output),
-        60_000,
-        {
-          interval: 100,
-          describe: () => output,
-        },
-      )
+      await until(() => /verified operation\.succeeded \S+ \{"message":"Sample task completed"/.test(output), 60_000, {
+        interval: 100,
+        describe: () => output,
+      })
     } finally {
       process.kill(-child.pid!, 'SIGKILL')
       rmSync(dir, { recursive: true, force: true })
