@@ -322,6 +322,8 @@ describe('per-route callbacks', () => {
     expect(() => app.longrun.route({ ...job(), callbak: true } as never)).toThrow(/job\.callbak.*not an option/)
     expect(() => app.longrun.route(job())).toThrow(/webhooks option/)
     expect(() => app.longrun.route(job({ callback: { url: '$request.nope' } }))).toThrow(/runtime expression/)
+    // Headers the sender sets itself cannot be overridden by a route.
+    expect(() => app.longrun.route(job({ callback: { headers: { 'webhook-id': 'x' } } }))).toThrow(/set by the sender/)
   })
 })
 

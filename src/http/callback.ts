@@ -1,5 +1,7 @@
 import { invalidOption, LongrunError } from '../core/errors.js'
 import type { Callback, HistoryEvent } from '../core/types.js'
+import { RESULT_TYPES } from './formats.js'
+import { checkHeaders } from './webhooks/send.js'
 
 /**
  * A route's callback settings (Pode's `-Callback*` parameters): where the operation's outcome is
@@ -53,7 +55,6 @@ const EVENTS: readonly HistoryEvent[] = [
   'retried',
   'progress',
 ]
-const CONTENT_TYPES: readonly Callback['contentType'][] = ['application/json', 'application/xml', 'application/yaml']
 const OPTIONS = new Set(['url', 'method', 'contentType', 'headers', 'sendResult', 'events'])
 
 // `$request.body#/a/b`, `$request.query.x`, `$request.header.x`, `$request.path.x`
@@ -73,11 +74,12 @@ export function resolveCallbackOptions(route: string, options: CallbackOptions |
   const method = given.method ?? 'POST'
   if (method !== 'POST' && method !== 'PUT') throw invalidOption(`${at}.method`, "must be 'POST' or 'PUT'")
   const contentType = given.contentType ?? 'application/json'
-  if (!CONTENT_TYPES.includes(contentType))
-    throw invalidOption(`${at}.contentType`, `must be ${CONTENT_TYPES.join(', ')}`)
+  if (!RESULT_TYPES.includes(contentType))
+    throw invalidOption(`${at}.contentType`, `must be ${RESULT_TYPES.join(', ')}`)
   const headers = given.headers ?? {}
+  // The sender's own check: valid names and values, none of the headers it sets itself.
+  checkHeaders(headers, `${at}.headers`)
   for (const [name, value] of Object.entries(headers)) {
-    if (!/^[!#$%&'*+.^_`|~\w-]+$/.test(name)) throw invalidOption(`${at}.headers`, `'${name}' is not a header name`)
     checkTemplate(`${at}.headers.${name}`, value)
   }
   const events = given.events ?? TERMINAL_EVENTS

@@ -11,7 +11,7 @@ import { entityTag, httpDate, mergeVary, noneMatch, OWNER_SCOPED } from './cachi
 import { negotiate, serialize } from './formats.js'
 import type { ResolvedProtocolOptions } from './options.js'
 import { headerOf, type RequestHead } from './request.js'
-import { operationUrl, publicError, toDetailedResource, toResource } from './resource.js'
+import { iso, operationUrl, publicError, toDetailedResource, toResource } from './resource.js'
 import {
   resolveAsyncRoute,
   type AsyncRouteOptions,
@@ -286,12 +286,11 @@ export class OperationsProtocol {
 
   /** Every webhook message of the operation (its callback's and app-wide endpoints'), with each attempt. */
   async deliveries(access: OperationAccess, id: string, request: Pick<LiveRequest, 'headers'>): Promise<HttpReply> {
-    const iso = (ms: number) => new Date(ms).toISOString()
     const items = (await access.deliveries(id)).map(({ nextAttemptAt, attempts, ...message }) => ({
       ...message,
-      nextAttemptAt: nextAttemptAt === undefined ? null : iso(nextAttemptAt),
+      nextAttemptAt: iso(nextAttemptAt),
       attempts: attempts.map(({ at, status, error, ...attempt }) => ({
-        at: iso(at),
+        at: iso(at)!,
         ...attempt,
         status: status ?? null,
         error: error ?? null,

@@ -64,7 +64,8 @@ export interface ResourceOptions {
   exposeStack: boolean
 }
 
-const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).toISOString())
+/** Epoch milliseconds as clients see times: ISO 8601 UTC, `null` for none. */
+export const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).toISOString())
 
 export function operationUrl(basePath: string, id: string): string {
   return `${basePath}/${encodeURIComponent(id)}`

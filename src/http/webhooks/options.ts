@@ -2,6 +2,7 @@ import { toMs, type Duration } from '../../core/duration.js'
 import { invalidOption } from '../../core/errors.js'
 import type { Callback, HistoryEvent, Subscription } from '../../core/types.js'
 import { TERMINAL_EVENTS } from '../callback.js'
+import { RESULT_TYPES } from '../formats.js'
 import { checkTarget, targetPolicy, type ResolvedTargetPolicy } from './address.js'
 import { retrySchedule, type RetrySchedule } from './schedule.js'
 import { checkHeaders } from './send.js'
@@ -77,7 +78,6 @@ export interface ResolvedWebhookOptions {
 }
 
 const ENDPOINT_ID = /^[A-Za-z0-9._-]{1,64}$/
-const CONTENT_TYPES: readonly Callback['contentType'][] = ['application/json', 'application/xml', 'application/yaml']
 const secrets = (secret: string | string[]) => (Array.isArray(secret) ? secret : [secret])
 
 export function resolveWebhookOptions(input: WebhookOptions): ResolvedWebhookOptions {
@@ -95,8 +95,8 @@ export function resolveWebhookOptions(input: WebhookOptions): ResolvedWebhookOpt
     const check = checkTarget(String(endpoint.url), policy)
     if (!check.ok) throw invalidOption(`${at}.url`, `is refused: ${check.message}`)
     const contentType = endpoint.contentType ?? 'application/json'
-    if (!CONTENT_TYPES.includes(contentType))
-      throw invalidOption(`${at}.contentType`, `must be ${CONTENT_TYPES.join(', ')}`)
+    if (!RESULT_TYPES.includes(contentType))
+      throw invalidOption(`${at}.contentType`, `must be ${RESULT_TYPES.join(', ')}`)
     const headers = endpoint.headers ?? {}
     checkHeaders(headers, `${at}.headers`)
     const patterns = (endpoint.names ?? ['*']).map(
