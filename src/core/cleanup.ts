@@ -1,7 +1,6 @@
 import type { ResolvedEngineOptions } from './options.js'
 import { isExclusive, isTrimmable, type KeepCounts } from './store.js'
 
-/** Operations one store call removes at most: a run makes as many calls as it needs. */
 // Small purge batches, with the event loop let go between them: a store whose writes block the
 // process (SQLite) serves requests between batches instead of stalling for the whole run. A trim
 // call ranks every finished operation of its states however few it removes: fewer, larger calls.
