@@ -3,18 +3,10 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import type { AddressInfo } from 'node:net'
 import { Webhook } from 'standardwebhooks'
 import { afterEach, describe, expect, it } from 'vitest'
-import {
-  blockedRange,
-  checkTarget,
-  guardedLookup,
-  parseRetryAfter,
-  retrySchedule,
-  targetPolicy,
-  webhookSender,
-  webhookSigner,
-  type Resolver,
-  type SendResult,
-} from '../src/http/webhooks/index.js'
+import { blockedRange, checkTarget, guardedLookup, targetPolicy, type Resolver } from '../src/http/webhooks/address.js'
+import { parseRetryAfter, retrySchedule } from '../src/http/webhooks/schedule.js'
+import { webhookSender, type SendResult } from '../src/http/webhooks/send.js'
+import { webhookSigner } from '../src/http/webhooks/sign.js'
 
 // The webhook sender against real receivers on 127.0.0.1: Standard Webhooks signatures checked
 // with the `standardwebhooks` package, retries driven by an injected clock and random source, and
