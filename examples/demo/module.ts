@@ -55,6 +55,9 @@ export function demoOptions(settings: DemoSettings): Omit<LongrunPluginOptions, 
   return {
     authenticate: jwtSecret ? jwtAuth({ secret: jwtSecret }) : sessionAuth({ header: 'x-session-key' }),
     adminRole: 'admin',
+    // Every endpoint answers JSON, XML or YAML by Accept, and the API documents itself at /docs.
+    formats: ['application/json', 'application/xml', 'application/yaml'],
+    docs: { info: { title: 'longrun demo', version: '1.0.0' } },
     webhooks: {
       secret: webhookSecret,
       allow: callbackAllow,

@@ -97,6 +97,12 @@ export class OperationAccess {
     return this.#engine.retry(id, this.owner)
   }
 
+  /** Queues an operation created to start later. */
+  async start(id: string): Promise<Operation> {
+    await this.#writable(id)
+    return this.#engine.startDeferred(id, this.owner)
+  }
+
   /** The operation's webhook messages and their attempts: readable like the operation. */
   async deliveries(id: string): Promise<Delivery[]> {
     await this.get(id)

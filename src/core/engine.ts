@@ -9,12 +9,13 @@ import {
   operationNotFinished,
   operationNotFound,
   operationNotRetryable,
+  operationStarted,
   unknownOperation,
 } from './errors.js'
 import { ChangeRouter } from './changes.js'
 import { Cleanup, type CleanupRun, type CleanupStatus } from './cleanup.js'
 import { safeEmit, type EngineEvents } from './events.js'
-import { canDelete, canRetry, isTerminal, OPERATION_STATES, type OperationState } from './operation.js'
+import { canDelete, canRetry, isDeferred, isTerminal, OPERATION_STATES, type OperationState } from './operation.js'
 import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js'
 import { Runner } from './runner.js'
 import type { Condition } from './query.js'
@@ -22,6 +23,7 @@ import {
   hasEventFeed,
   hasEventLog,
   hasOutbox,
+  isDeferrable,
   isQueryable,
   type Delivery,
   type FeedPage,
@@ -55,6 +57,13 @@ export interface SubmitRequest {
   callback?: Callback
   /** Who gets messages about which of its events: its callback, the app's webhook endpoints. */
   subscriptions?: Subscription[]
+  /** Values for the handler's `op.context`, stored with the operation as JSON. */
+  context?: Record<string, unknown>
+  /**
+   * Create it without queueing it: no worker runs it until `startDeferred`, and it is purged after
+   * the retention if never started. Needs a `Deferrable` store.
+   */
+  deferred?: boolean
 }
 
 // NUL cannot occur in an owner id or a name, so scopes never collide.
@@ -168,6 +177,23 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 
   /**
+   * Queues an operation created with `deferred`: it is due at once. Idempotent: an operation
+   * already started is returned as it is; a finished one is `operation-started`'s 409.
+   */
+  async startDeferred(id: string, actor: string | null = null): Promise<Operation> {
+    if (!isDeferrable(this.store)) throw capabilityMissing('deferred operations (Deferrable)')
+    const op = await this.get(id)
+    if (!isDeferred(op)) {
+      if (op.state === 'queued' || op.state === 'running') return op
+      throw operationStarted(op)
+    }
+    const after = await this.store.start(id, this.#opts.clock(), actor)
+    if (!after) throw operationNotFound()
+    this.#queued(after)
+    return after
+  }
+
+  /**
    * Like `submit`, but a key already used by the same owner on the same definition within
    * `idempotencyTtl` makes no new operation: the first one is returned with `replayed: true`.
    * The same key with another fingerprint is refused (`idempotency-key-mismatch`, 422).
@@ -200,7 +226,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 
   #queued(op: Operation): void {
-    this.#runner?.wake()
+    if (!isDeferred(op)) this.#runner?.wake()
     this.#emit('operation:queued', op)
   }
 
@@ -257,6 +283,8 @@ export class Engine extends EventEmitter<EngineEvents> {
       ...(request.requestId === undefined ? {} : { requestId: request.requestId }),
       ...(request.callback === undefined ? {} : { callback: request.callback }),
       ...(request.subscriptions?.length ? { subscriptions: request.subscriptions } : {}),
+      ...(request.context === undefined ? {} : { context: JSON.parse(JSON.stringify(request.context)) }),
+      ...(request.deferred ? { deferred: { expiresAt: this.#opts.clock() + this.#opts.retentionMs } } : {}),
       maxAttempts: def.retry.attempts,
       cancelable: def.cancelable,
       timeoutMs: def.timeoutMs,

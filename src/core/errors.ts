@@ -17,6 +17,7 @@ export const ERRORS = {
   'operation-not-cancelable': { status: 409, title: 'Operation not cancelable' },
   'operation-not-retryable': { status: 409, title: 'Operation not retryable' },
   'operation-not-finished': { status: 409, title: 'Operation not finished' },
+  'operation-started': { status: 409, title: 'Operation already started' },
   'no-error': { status: 404, title: 'No error' },
   'duplicate-operation-id': { status: 409, title: 'Duplicate operation id' },
   'unknown-operation': { status: 500, title: 'Unknown operation' },
@@ -29,6 +30,7 @@ export const ERRORS = {
   'invalid-query': { status: 400, title: 'Invalid query' },
   'invalid-condition': { status: 400, title: 'Invalid condition' },
   'invalid-callback': { status: 422, title: 'Invalid callback' },
+  'invalid-id': { status: 400, title: 'Invalid operation id' },
   'unsupported-media-type': { status: 415, title: 'Unsupported media type' },
   'unsupported-value': { status: 422, title: 'Unsupported value' },
   'body-too-large': { status: 413, title: 'Body too large' },
@@ -50,6 +52,8 @@ export const ERRORS = {
   'hold-timeout': { status: 408, title: 'Operation not done in time' },
   // The server
   'store-closed': { status: 503, title: 'Store closed' },
+  'store-unavailable': { status: 503, title: 'Store unavailable' },
+  'storage-full': { status: 507, title: 'Storage full' },
   'shutting-down': { status: 503, title: 'Shutting down' },
   'not-supported': { status: 501, title: 'Not supported' },
   'schema-too-new': { status: 500, title: 'Schema too new' },
@@ -135,6 +139,11 @@ export const operationNotRetryable = (op: Operation) =>
 
 export const operationNotFinished = (op: Operation) =>
   new LongrunError('operation-not-finished', `Only finished operations can be deleted; this one is '${op.state}'.`, {
+    extra: { state: op.state },
+  })
+
+export const operationStarted = (op: Operation) =>
+  new LongrunError('operation-started', `The operation was started already; it is '${op.state}'.`, {
     extra: { state: op.state },
   })
 

@@ -53,3 +53,14 @@ export function canRetry(state: OperationState): boolean {
 export function canDelete(state: OperationState): boolean {
   return allows('delete', state)
 }
+
+/**
+ * The `runAt` of an operation created to start later (a route's `start: 'manual'`): past any clock,
+ * so that no claim finds it due until it is started.
+ */
+export const DEFERRED_RUN_AT = Number.MAX_SAFE_INTEGER
+
+/** Created to start later and not started yet. */
+export function isDeferred(op: { state: OperationState; runAt: number }): boolean {
+  return op.state === 'queued' && op.runAt === DEFERRED_RUN_AT
+}

@@ -276,3 +276,18 @@ export interface Exclusive {
 export function isExclusive(store: Store): store is Store & Exclusive {
   return typeof (store as Partial<Exclusive>).exclusively === 'function'
 }
+
+/** A store that keeps operations created to start later (`NewOperation.deferred`) until asked. */
+export interface Deferrable {
+  /**
+   * Makes a deferred operation due at `now` (its `runAt`), keeping it `queued`, clearing the
+   * `expiresAt` it had while waiting, and records `queued` in its history (`actor`: who asked).
+   * Returns the operation as it now is, `undefined` if there is none; one that is not deferred
+   * (started already, or finished) is returned unchanged. Atomic: two concurrent starts record one event.
+   */
+  start(id: string, now: number, actor?: string | null): Promise<Operation | undefined>
+}
+
+export function isDeferrable(store: Store): store is Store & Deferrable {
+  return typeof (store as Partial<Deferrable>).start === 'function'
+}

@@ -68,6 +68,11 @@ export interface Operation {
   /** Worker holding the lease while `running`. */
   worker?: string
   leaseExpiresAt?: number
+  /**
+   * Values a hook attached at submit (an HTTP route's `beforeQueue`), JSON as stored; handlers get
+   * them as `op.context`. Never credentials.
+   */
+  context?: Record<string, unknown>
   /** The operation's own callback, resolved from its route and request at submit, and how it is doing. */
   callback?: Callback & CallbackStatus
   /**
@@ -109,7 +114,15 @@ export interface Subscription {
   events: HistoryEvent[]
 }
 
-export type NewOperation = { callback?: Callback } & Pick<
+export type NewOperation = {
+  callback?: Callback
+  /**
+   * Created without being queued (a route's `start: 'manual'`): stored `queued` with `runAt` at
+   * `DEFERRED_RUN_AT`, so that no worker claims it until a `Deferrable` store's `start`; purged at
+   * `expiresAt` if never started, as a finished operation is.
+   */
+  deferred?: { expiresAt: number }
+} & Pick<
   Operation,
   | 'id'
   | 'name'
@@ -119,6 +132,7 @@ export type NewOperation = { callback?: Callback } & Pick<
   | 'query'
   | 'headers'
   | 'requestId'
+  | 'context'
   | 'subscriptions'
   | 'maxAttempts'
   | 'cancelable'
@@ -203,6 +217,8 @@ export type HistoryEvent =
   | 'cancel-requested'
   /** A manual retry queued it again. */
   | 'retried'
+  /** A deferred operation was started (`Deferrable.start`): due from then on. */
+  | 'queued'
   /** The running attempt reported progress (in the event log only: see `Store.history`). */
   | 'progress'
 

@@ -3,12 +3,27 @@ import { invalidOption } from '../core/errors.js'
 import type { OperationAccessPolicy } from '../core/access.js'
 import type { AccessList } from '../core/permissions.js'
 import type { Authenticate } from './auth.js'
+import { RESULT_TYPES, type ResultType } from './formats.js'
+import { resolveDocsOptions, type DocsOptions, type ResolvedDocsOptions } from './openapi/options.js'
 import { resolveWebhookOptions, type ResolvedWebhookOptions, type WebhookOptions } from './webhooks/options.js'
 
 /** The options of the HTTP protocol, the same for every adapter. */
 export interface ProtocolOptions {
   /** Where the operations API is mounted. @default '/operations' */
   basePath?: string
+  /**
+   * `false`: do not serve the operations API under `basePath`; serve only the actions the app
+   * mounts itself (`app.longrun.operationRoute`). @default true
+   */
+  operationsApi?: boolean
+  /**
+   * Media types the operations API answers its bodies in, by `Accept`, the first by default
+   * (Pode's `-ResponseContentType`); results follow their route's `resultTypes`.
+   * @default ['application/json']
+   */
+  formats?: ResultType[]
+  /** Serve the API's OpenAPI 3.1 document and a docs page (docs/openapi.md). @default false */
+  docs?: boolean | DocsOptions
   /** Include handler stack traces in error responses. @default false */
   exposeStack?: boolean
   /** Largest accepted request body, in bytes. @default 1048576 (1 MiB) */
@@ -64,6 +79,9 @@ export interface ProtocolOptions {
 
 export interface ResolvedProtocolOptions {
   basePath: string
+  operationsApi: boolean
+  formats: readonly ResultType[]
+  docs: ResolvedDocsOptions | undefined
   exposeStack: boolean
   bodyLimit: number
   retryAfterSeconds: number
@@ -105,6 +123,7 @@ const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 /** Options of a plain type: a wrong one is named at registration rather than misread later. */
 const TYPED = {
   basePath: 'string',
+  operationsApi: 'boolean',
   exposeStack: 'boolean',
   allowAnonymous: 'boolean',
   challenge: 'string',
@@ -170,8 +189,16 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
   }
   const maxStreams = input.maxStreamsPerCaller ?? DEFAULTS.maxStreamsPerCaller
   if (!isPositiveInteger(maxStreams)) throw invalidOption('maxStreamsPerCaller', 'must be a positive integer')
+  const formats = input.formats ?? ['application/json']
+  if (!Array.isArray(formats) || formats.length === 0) throw invalidOption('formats', 'must list at least one media type')
+  for (const type of formats) {
+    if (!RESULT_TYPES.includes(type)) throw invalidOption('formats', `cannot offer '${type}' (${RESULT_TYPES.join(', ')})`)
+  }
   return {
     basePath,
+    operationsApi: input.operationsApi ?? true,
+    formats: [...new Set(formats)],
+    docs: resolveDocsOptions(input.docs),
     exposeStack: input.exposeStack ?? false,
     bodyLimit,
     retryAfterSeconds: Math.max(1, Math.ceil(retryAfterMs / 1000)),

@@ -24,6 +24,8 @@ import { validateStandard } from './schema.js'
 import { callerKey, preferences, Realtime } from './realtime.js'
 import { invalidQuery, singleParameter } from './query.js'
 import { Submitter, type SubmitParts } from './submit.js'
+import type { ApiDescription, ResolvedMount } from './mounts.js'
+import { OPERATION_ROUTES } from './routes.js'
 
 /** A framework-neutral answer: adapters copy it onto their own reply object. */
 export interface HttpReply {
@@ -60,6 +62,7 @@ export class OperationsProtocol {
   readonly options: ResolvedProtocolOptions
   readonly #submitter: Submitter
   readonly #routes = new Map<string, ResolvedAsyncRoute>()
+  readonly #mounts: ResolvedMount[] = []
   readonly #realtime: Realtime
   /** The request headers every answer depends on besides its URL: the caller's credentials. */
   readonly #vary: readonly string[]
@@ -70,6 +73,24 @@ export class OperationsProtocol {
     this.#vary = credentialHeaders(options.authenticate)
     this.#submitter = new Submitter(engine, options)
     this.#realtime = new Realtime(options, engine.pollMs, this.#groupNames)
+    if (options.operationsApi) {
+      for (const route of OPERATION_ROUTES) {
+        this.#mounts.push({
+          action: route.name,
+          method: route.method,
+          url: options.basePath + route.path,
+          id: route.path.startsWith('/:id') ? { in: 'path', name: 'id' } : undefined,
+          formats: options.formats,
+          presentation: undefined,
+          builtIn: true,
+        })
+      }
+    }
+  }
+
+  /** Everything this API serves: its async routes, the operations API and the app's mounts. */
+  describe(): ApiDescription {
+    return { options: this.options, routes: [...this.#routes.values()], mounts: [...this.#mounts] }
   }
 
   /**
@@ -282,6 +303,11 @@ export class OperationsProtocol {
 
   async retry(access: OperationAccess, id: string): Promise<HttpReply> {
     return this.accepted(await access.retry(id))
+  }
+
+  /** `POST {base}/{id}/start`: queues an operation its route created to start later (`start: 'manual'`). */
+  async start(access: OperationAccess, id: string): Promise<HttpReply> {
+    return this.accepted(await access.start(id))
   }
 
   /** Every webhook message of the operation (its callback's and app-wide endpoints'), with each attempt. */

@@ -4,6 +4,7 @@ import { invalidOption } from '../core/errors.js'
 import { resolveCallbackOptions, type CallbackOptions, type ResolvedCallback } from './callback.js'
 import { RESULT_TYPES, type ResultType } from './formats.js'
 import type { IdempotencyMode } from './idempotency.js'
+import { resolvePresentation, type Presentation } from './present.js'
 import {
   splitSchema,
   type AsyncRouteSchema,
@@ -58,6 +59,24 @@ export interface AsyncRouteOptions<
    * never lost (docs/webhooks.md). `true`: the URL is the body's `callbackUrl`. @default none
    */
   callback?: CallbackOptions | true
+  /**
+   * `manual`: the submit creates the operation without queueing it; the `start` action
+   * (`POST {basePath}/{id}/start`) queues it (the Node task system's create-then-start). Until then
+   * it is `queued` with `startRequired: true`, and it is purged after the retention if never
+   * started. @default 'auto'
+   */
+  start?: 'auto' | 'manual'
+  /**
+   * Runs before anything is stored, in the framework's own terms (Fastify: `(request, reply)`): it
+   * may answer and stop (nothing is stored), throw (a problem), or go on, returning values that the
+   * handler gets as `op.context` (stored with the operation as JSON; never put credentials there).
+   */
+  beforeQueue?: (request: never, reply: never) => unknown
+  /** The operation in a body of the route's own (202, status, cancel...): see `Presentation`. */
+  present?: Presentation['present']
+  presentSchema?: Presentation['presentSchema']
+  states?: Presentation['states']
+  statusCodes?: Presentation['statusCodes']
 }
 
 export interface HoldOptions {
@@ -109,6 +128,9 @@ export interface ResolvedAsyncRoute {
   sseGroup: string | undefined
   hold: { timeoutMs: number; onTimeout: 'accepted' | 'timeout'; cancelOnDisconnect: boolean } | undefined
   callback: ResolvedCallback | undefined
+  start: 'auto' | 'manual'
+  beforeQueue: ((request: never, reply: never) => unknown) | undefined
+  presentation: Presentation | undefined
   definition: OperationDefinition<unknown, unknown, unknown>
 }
 
@@ -123,6 +145,12 @@ const ROUTE_OPTIONS = new Set([
   'sseGroup',
   'hold',
   'callback',
+  'start',
+  'beforeQueue',
+  'present',
+  'presentSchema',
+  'states',
+  'statusCodes',
   // The operation's definition
   'name',
   'handler',
@@ -148,6 +176,12 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args, TP e
     sseGroup,
     hold,
     callback,
+    start = 'auto',
+    beforeQueue,
+    present,
+    presentSchema,
+    states,
+    statusCodes,
     ...definition
   } = route as unknown as AnyAsyncRoute
   const name = definition.name
@@ -168,6 +202,10 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args, TP e
   if (sseGroup !== undefined && (typeof sseGroup !== 'string' || !/^[\w.~-]{1,100}$/.test(sseGroup))) {
     throw invalidOption(`${name}.sseGroup`, 'must be 1-100 letters, digits or . _ ~ -')
   }
+  if (start !== 'auto' && start !== 'manual') throw invalidOption(`${name}.start`, "must be 'auto' or 'manual'")
+  if (beforeQueue !== undefined && typeof beforeQueue !== 'function') {
+    throw invalidOption(`${name}.beforeQueue`, 'must be a function')
+  }
   const { json, standard } = splitSchema(schema ?? {})
   return {
     name,
@@ -181,6 +219,9 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args, TP e
     sseGroup,
     hold: hold && resolveHold(name, hold),
     callback: callback === undefined ? undefined : resolveCallbackOptions(name, callback),
+    start,
+    beforeQueue,
+    presentation: resolvePresentation(name, { present, presentSchema, states, statusCodes }),
     definition,
   }
 }

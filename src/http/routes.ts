@@ -42,6 +42,7 @@ export const OPERATION_ROUTES: readonly OperationRoute[] = [
   { method: 'GET', path: '/:id/error', name: 'error', answer: (p, a, r) => p.error(a, r.id, r) },
   { method: 'POST', path: '/:id/cancel', name: 'cancel', answer: (p, a, r) => p.cancel(a, r.id) },
   { method: 'POST', path: '/:id/retry', name: 'retry', answer: (p, a, r) => p.retry(a, r.id) },
+  { method: 'POST', path: '/:id/start', name: 'start', answer: (p, a, r) => p.start(a, r.id) },
   { method: 'DELETE', path: '/:id', name: 'delete', answer: (p, a, r) => p.remove(a, r.id) },
   { method: 'GET', path: '/:id/deliveries', name: 'deliveries', answer: (p, a, r) => p.deliveries(a, r.id, r) },
   { method: 'POST', path: '/:id/deliveries/retry', name: 'redeliver', answer: (p, a, r) => p.redeliver(a, r.id) },
