@@ -7,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { buildApp } from '../examples/basic/app.js'
 import { buildApp as buildRealtimeApp } from '../examples/realtime/app.js'
 import { buildDemoApp } from '../examples/demo/app.js'
+import { buildApp as buildCustomRoutesApp } from '../examples/custom-routes/app.js'
 import { freePort } from './helpers/child-server.js'
 import { until } from './helpers/until.js'
 
@@ -151,6 +152,36 @@ describe('the curl examples of docs/query.md, against the demo', () => {
         for (const line of stdout.split('\n').filter(Boolean)) expect(() => JSON.parse(line), line).not.toThrow()
         await new Promise((resolve) => setTimeout(resolve, 300))
       }
+    } finally {
+      await app.close()
+    }
+  }, 60_000)
+})
+
+describe('the curl examples of docs/custom-routes.md, against examples/custom-routes', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'longrun-example-'))
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('answer 2xx, as written, and the deferred task completes', async () => {
+    const docs = readFileSync(new URL('../docs/custom-routes.md', import.meta.url), 'utf8')
+    const blocks = [...docs.matchAll(/```sh\n([\s\S]*?)```/g)].map((match) => match[1]!)
+    expect(blocks.length).toBe(4)
+    const app = await buildCustomRoutesApp(join(dir, 'custom.db'))
+    try {
+      const base = await app.listen({ port: 0, host: '127.0.0.1' })
+      const outputs: string[] = []
+      for (const block of blocks) {
+        const script = `curl() { command curl --fail-with-body -w '\n' "$@"; }\n${block.replaceAll('http://127.0.0.1:3000', base)}`
+        const { stdout } = await promisify(execFile)('bash', ['-euo', 'pipefail', '-c', script], { timeout: 20_000 })
+        outputs.push(stdout)
+      }
+      expect(outputs[0]).toContain('items:')
+      expect(outputs[0]).toContain('<stats>')
+      expect(outputs[2]).toContain('"errors":["name must not be \\"bad\\""]')
+      const lines = outputs[3]!.trim().split('\n').map((line) => JSON.parse(line))
+      expect(lines[0]).toMatchObject({ success: true, status: 'pending', progress: 0 })
+      expect(lines[2]).toMatchObject({ status: 'completed', currentStep: 'step-3' })
+      expect(lines[3].stats.completed).toBeGreaterThanOrEqual(1)
     } finally {
       await app.close()
     }

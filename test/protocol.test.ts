@@ -76,7 +76,7 @@ async function neutral(): Promise<Subject> {
         }
         const query = Object.fromEntries(new URLSearchParams(search))
         return parsed(
-          await match.route.answer(protocol, access, { id: match.id, query, body, headers, ip: '127.0.0.1' }),
+          await protocol.answer(match.route.name, access, { id: match.id, query, body, headers, ip: '127.0.0.1' }),
         )
       } catch (err) {
         const problem = withInstance(toProblem(err), path)

@@ -2,10 +2,12 @@ import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Engine } from '../core/engine.js'
+import { invalidOption } from '../core/errors.js'
 import type { EngineOptions } from '../core/options.js'
 import type { Store } from '../core/store.js'
 import {
   longrun,
+  problemClientErrorHandler,
   problemErrorHandler,
   problemFrameworkErrors,
   problemNotFoundHandler,
@@ -72,21 +74,56 @@ export interface ServerOptions extends Omit<LongrunPluginOptions, 'store'> {
   store: Store
   /** Fastify's log level. @default 'info' */
   logLevel?: string
+  /** How long a client may take to send a request's line and headers; then `408`. @default 10000 (10 s) */
+  headersTimeout?: number
+  /** How long a client may take to send a whole request, body included; then `408`. @default 30000 (30 s) */
+  requestTimeout?: number
+  /** How long a connection may stay without any traffic before it is closed. @default 60000 (60 s) */
+  connectionTimeout?: number
+  /** Largest request line and headers together, in bytes; more is `431`. @default 16384 (16 KiB, Node's) */
+  maxHeaderSize?: number
 }
+
+const TIMEOUTS = {
+  headersTimeout: 10_000, // 10 s
+  requestTimeout: 30_000, // 30 s
+  connectionTimeout: 60_000, // 60 s
+  maxHeaderSize: 16_384, // 16 KiB
+} as const
 
 /**
  * A Fastify app serving async routes on `store`, with the defaults a public server wants: every
- * error as problem+json, and sockets of slow or stalled clients bounded in time.
+ * error as problem+json, parser-level ones too, and sockets of slow or stalled clients bounded in time.
  */
 export async function buildServer(options: ServerOptions, module?: RoutesModule): Promise<FastifyInstance> {
-  const { store, logLevel = 'info', ...plugin } = options
+  const {
+    store,
+    logLevel = 'info',
+    headersTimeout = TIMEOUTS.headersTimeout,
+    requestTimeout = TIMEOUTS.requestTimeout,
+    connectionTimeout = TIMEOUTS.connectionTimeout,
+    maxHeaderSize = TIMEOUTS.maxHeaderSize,
+    ...plugin
+  } = options
+  for (const [name, ms] of Object.entries({ headersTimeout, requestTimeout, connectionTimeout, maxHeaderSize })) {
+    if (!Number.isInteger(ms) || ms <= 0) throw invalidOption(name, 'must be a positive whole number')
+  }
+  if (headersTimeout > requestTimeout) throw invalidOption('headersTimeout', 'must not exceed requestTimeout')
   const app = Fastify({
     logger: { level: logLevel },
-    connectionTimeout: 60_000,
-    requestTimeout: 30_000,
+    connectionTimeout,
+    requestTimeout,
+    http: {
+      headersTimeout,
+      requestTimeout,
+      maxHeaderSize,
+      // Node enforces both timeouts only when it checks its connections (every 30 s by default): a
+      // tenth of the shorter one, at most a second, makes a 10 s limit fire near 10 s, not 30 s.
+      connectionsCheckingInterval: Math.max(10, Math.min(1_000, Math.floor(headersTimeout / 10))),
+    },
     frameworkErrors: problemFrameworkErrors,
+    clientErrorHandler: problemClientErrorHandler,
   })
-  app.server.headersTimeout = 10_000
   app.setErrorHandler(problemErrorHandler)
   app.setNotFoundHandler(problemNotFoundHandler)
   await app.register(longrun, { ...module?.options, ...plugin, store })

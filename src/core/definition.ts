@@ -34,6 +34,8 @@ export interface OperationContext<
   readonly query: Query
   /** The submitting request's headers, without credentials (authorization, cookies). */
   readonly headers: Record<string, string>
+  /** What a hook attached at submit (an HTTP route's `beforeQueue`), as stored; `{}` for none. */
+  readonly context: Readonly<Record<string, unknown>>
   /** The submitting principal, when the request had one. */
   readonly user: { id: string } | undefined
   /** The definition's `args`, as given. */

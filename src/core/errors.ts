@@ -104,6 +104,55 @@ export class NonRetryableError extends Error {
   }
 }
 
+/**
+ * Throw from a handler to fail with details its clients may see (AsyncEndpoints'
+ * `Failure(errors)`): the members of `details` appear in the operation's `error` beside `detail`
+ * (the message), up to `MAX_DETAILS_BYTES` of JSON. Nothing else of a thrown error is shown, its
+ * stack only with `exposeStack`. Retried like any failure unless `retryable: false`.
+ */
+export class OperationFailure extends Error {
+  readonly details: Record<string, unknown>
+  readonly code: string | undefined
+  readonly retryable: boolean
+
+  constructor(
+    message: string,
+    details: Record<string, unknown> = {},
+    options: ErrorOptions & { code?: string; retryable?: boolean } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+    this.name = 'OperationFailure'
+    this.details = details
+    this.code = options.code
+    this.retryable = options.retryable ?? true
+  }
+}
+
+/** The most JSON bytes of `OperationFailure` details kept on an operation. */
+export const MAX_DETAILS_BYTES = 8_192
+
+// Members of an operation's error that details cannot replace.
+const RESERVED = new Set(['type', 'code', 'title', 'detail', 'stack', 'status', 'instance', 'message'])
+
+/** The public members of a failure's details, as stored: JSON, capped, never replacing the problem's own. */
+function publicDetails(details: Record<string, unknown>): Record<string, unknown> {
+  let json: string | undefined
+  try {
+    json = JSON.stringify(details)
+  } catch {
+    // a cycle, a BigInt...
+  }
+  if (json === undefined || typeof JSON.parse(json) !== 'object') return { detailsOmitted: 'not JSON-serialisable' }
+  if (Buffer.byteLength(json) > MAX_DETAILS_BYTES) {
+    return { detailsOmitted: `larger than ${MAX_DETAILS_BYTES} bytes of JSON` }
+  }
+  const kept: Record<string, unknown> = {}
+  for (const [name, value] of Object.entries(JSON.parse(json) as Record<string, unknown>)) {
+    if (!RESERVED.has(name)) kept[name] = value
+  }
+  return kept
+}
+
 /** Why a run's signal aborted; also `signal.reason.code` as the handler sees it. */
 export type AbortCause = 'cancel' | 'timeout' | 'shutdown' | 'lease-lost'
 
@@ -196,15 +245,22 @@ export const OPERATION_ERROR_CODES = [
 export function toOperationError(err: unknown): OperationError {
   if (err instanceof Error) {
     const { code } = err as { code?: unknown }
-    return operationError(
+    const error = operationError(
       typeof code === 'string' ? code : 'handler-error',
-      err.name || 'Error',
-      err.message,
-      err.stack,
+      capped(err.name || 'Error', 200),
+      capped(err.message, MAX_DETAILS_BYTES),
+      err.stack === undefined ? undefined : capped(err.stack, 4 * MAX_DETAILS_BYTES),
     )
+    return err instanceof OperationFailure ? { ...error, ...publicDetails(err.details) } : error
   }
-  return operationError('handler-error', 'Error', String(err))
+  return operationError('handler-error', 'Error', capped(String(err), MAX_DETAILS_BYTES))
 }
+
+/**
+ * `text` cut to `max` characters: an error is stored with its operation and shown in every list
+ * page that holds it, so a handler's huge message must not make every page huge.
+ */
+const capped = (text: string, max: number) => (text.length <= max ? text : `${text.slice(0, max)}… (cut)`)
 
 export function isRetryable(err: unknown): boolean {
   return !(typeof err === 'object' && err !== null && (err as { retryable?: unknown }).retryable === false)

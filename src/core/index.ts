@@ -13,18 +13,39 @@ export {
   LongrunError,
   NonRetryableError,
   OperationAbortedError,
+  OperationFailure,
   PROBLEM_TYPE_PREFIX,
   type AbortCause,
   type ErrorCode,
   type LongrunErrorOptions,
 } from './errors.js'
 export type { Logger } from './logger.js'
-export { allows, canCancel, canDelete, canRetry, isTerminal, OPERATION_STATES, TRANSITIONS } from './operation.js'
+export {
+  allows,
+  canCancel,
+  canDelete,
+  canRetry,
+  DEFERRED_RUN_AT,
+  isDeferred,
+  isTerminal,
+  OPERATION_STATES,
+  TRANSITIONS,
+} from './operation.js'
 export type { Action } from './operation.js'
-export { hasEventFeed, hasEventLog, hasOutbox, isExclusive, isQueryable, isTrimmable } from './store.js'
+export {
+  hasEventFeed,
+  hasEventLog,
+  hasOutbox,
+  isDeferrable,
+  isExclusive,
+  isPingable,
+  isQueryable,
+  isTrimmable,
+} from './store.js'
 export { OPERATORS, parseCondition, QUERY_FIELDS } from './query.js'
 export type { Condition, ConditionValue, FieldType, Operator, QueryField } from './query.js'
 export type {
+  Deferrable,
   DeliveryAttempt,
   Exclusive,
   EventFeed,
@@ -34,6 +55,7 @@ export type {
   FeedQuery,
   Outbox,
   OutboxMessage,
+  Pingable,
   KeepCounts,
   Queryable,
   QuerySort,

@@ -1,8 +1,8 @@
 import { hostname } from 'node:os'
 import { randomBytes } from 'node:crypto'
-import { v7 as uuidv7 } from 'uuid'
 import { toMs, type Duration } from './duration.js'
 import { invalidOption } from './errors.js'
+import { operationId } from './ids.js'
 import { silentLogger, type Logger } from './logger.js'
 import { isTrimmable, type KeepCounts, type Store } from './store.js'
 
@@ -41,7 +41,7 @@ export interface EngineOptions {
   keep?: KeepCounts
   /** How long an idempotency key keeps answering with its operation. @default '24h' */
   idempotencyTtl?: Duration
-  /** Makes operation ids. @default UUIDv7: time-ordered, 74 random bits */
+  /** Makes operation ids. @default a UUIDv7 of 74 fresh random bits (`operationId`): time-ordered, unguessable */
   idGenerator?: () => string
   logger?: Logger
   /** Epoch milliseconds; injectable for tests. @default Date.now */
@@ -111,7 +111,7 @@ export function resolveEngineOptions(input: EngineOptions): ResolvedEngineOption
     purgeIntervalMs,
     keep,
     idempotencyTtlMs: toMs('idempotencyTtl', input.idempotencyTtl ?? DEFAULTS.idempotencyTtl),
-    idGenerator: input.idGenerator ?? uuidv7,
+    idGenerator: input.idGenerator ?? (() => operationId()),
     logger: input.logger ?? silentLogger,
     clock: input.clock ?? Date.now,
     random: input.random ?? Math.random,

@@ -220,6 +220,7 @@ export class Runner {
       params: op.params,
       query: op.query,
       headers: op.headers,
+      context: op.context ?? {},
       user: op.owner === null ? undefined : { id: op.owner },
       args: def.args,
       signal: run.controller.signal,

@@ -291,3 +291,17 @@ export interface Deferrable {
 export function isDeferrable(store: Store): store is Store & Deferrable {
   return typeof (store as Partial<Deferrable>).start === 'function'
 }
+
+/** A store that can tell whether it can serve calls right now: what readiness checks ask. */
+export interface Pingable {
+  /**
+   * Resolves when the store answers; rejects (`store-unavailable`, `storage-full`...) when its calls
+   * would fail now, e.g. while its database is down. Cheap and bounded in time: a probe may call it
+   * every few seconds.
+   */
+  ping(): Promise<void>
+}
+
+export function isPingable(store: Store): store is Store & Pingable {
+  return typeof (store as Partial<Pingable>).ping === 'function'
+}

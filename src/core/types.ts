@@ -29,6 +29,8 @@ export interface OperationError {
   title: string
   detail?: string
   stack?: string
+  /** Members a handler made public with `OperationFailure`'s `details`, e.g. `errors: [...]`. */
+  [extension: string]: unknown
 }
 
 export interface Operation {

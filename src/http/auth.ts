@@ -4,6 +4,7 @@ import { parseCookie } from 'cookie'
 import { createLocalJWKSet, importSPKI, jwtVerify, type JWTPayload } from 'jose'
 import { invalidOption, LongrunError } from '../core/errors.js'
 import type { Principal } from '../core/permissions.js'
+import { anyOfSecurity, apiKeyHeader, bearerJwt, sessionKey, withSecurity } from './openapi/security.js'
 import { headerOf, type RequestHead } from './request.js'
 
 /**
@@ -42,6 +43,12 @@ export interface JwtAuthOptions {
   algorithm?: string
   issuer?: string
   audience?: string
+  /**
+   * How far the issuer's clock may be ahead of or behind this server's, in seconds: a token whose
+   * `iat` or `nbf` lies further in the future, or whose `exp` lies further in the past, is refused.
+   * @default 30
+   */
+  clockTolerance?: number
 }
 
 function strings(value: unknown): string[] | undefined {
@@ -56,9 +63,14 @@ function strings(value: unknown): string[] | undefined {
 export function jwtAuth(options: JwtAuthOptions): Authenticate {
   const given = [options.secret, options.publicKey, options.jwksFile].filter((k) => k !== undefined)
   if (given.length !== 1) throw invalidOption('jwtAuth', 'needs exactly one of secret, publicKey, jwksFile')
+  const clockTolerance = options.clockTolerance ?? 30
+  if (!(Number.isFinite(clockTolerance) && clockTolerance >= 0)) {
+    throw invalidOption('jwtAuth.clockTolerance', 'must be a non-negative number of seconds')
+  }
   const verifyOptions = {
     ...(options.issuer !== undefined ? { issuer: options.issuer } : {}),
     ...(options.audience !== undefined ? { audience: options.audience } : {}),
+    clockTolerance,
   }
   let verify: (token: string) => Promise<JWTPayload>
   if (options.secret !== undefined) {
@@ -86,6 +98,10 @@ export function jwtAuth(options: JwtAuthOptions): Authenticate {
     } catch {
       throw unauthorized('The bearer token is invalid or expired.', challenge('invalid_token'))
     }
+    // jose checks `iat` only against a maximum age: a token from the future would outlive its `exp`.
+    if (typeof payload.iat === 'number' && payload.iat > Date.now() / 1000 + clockTolerance) {
+      throw unauthorized('The bearer token was issued in the future.', challenge('invalid_token'))
+    }
     if (typeof payload.sub !== 'string' || payload.sub === '') {
       throw unauthorized('The bearer token has no subject.', challenge('invalid_token'))
     }
@@ -97,7 +113,7 @@ export function jwtAuth(options: JwtAuthOptions): Authenticate {
       ...(scopes ? { scopes } : {}),
     }
   }
-  return Object.assign(authenticate, { headers: ['authorization'] })
+  return withSecurity(Object.assign(authenticate, { headers: ['authorization'] }), bearerJwt())
 }
 
 export interface ApiKeyAuthOptions {
@@ -119,7 +135,7 @@ export function apiKeyAuth(options: ApiKeyAuthOptions): Authenticate {
     if (!principal) throw unauthorized(`The ${header} header holds no known key.`, `ApiKey header="${header}"`)
     return principal
   }
-  return Object.assign(authenticate, { headers: [header] })
+  return withSecurity(Object.assign(authenticate, { headers: [header] }), apiKeyHeader(header))
 }
 
 export interface SessionAuthOptions {
@@ -147,7 +163,10 @@ export function sessionAuth(options: SessionAuthOptions = {}): Authenticate {
     if (options.fallbackToIp ?? true) return { id: `ip:${sha256(request.ip).slice(0, 22)}` }
     return undefined
   }
-  return Object.assign(authenticate, { headers: options.cookie === undefined ? [header] : [header, 'cookie'] })
+  return withSecurity(
+    Object.assign(authenticate, { headers: options.cookie === undefined ? [header] : [header, 'cookie'] }),
+    sessionKey(header, options.cookie, options.fallbackToIp ?? true),
+  )
 }
 
 /** The decoded value of cookie `name` (the first, if sent twice); `undefined` when absent or empty. */
@@ -173,5 +192,8 @@ export function anyOf(...authenticators: Authenticate[]): Authenticate {
     }
     return undefined
   }
-  return Object.assign(first, { headers: [...new Set(authenticators.flatMap((a) => credentialHeaders(a)))] })
+  return withSecurity(
+    Object.assign(first, { headers: [...new Set(authenticators.flatMap((a) => credentialHeaders(a)))] }),
+    anyOfSecurity(authenticators),
+  )
 }

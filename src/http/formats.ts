@@ -15,21 +15,22 @@ export function negotiate(accept: string | undefined, offered: readonly ResultTy
   if (!accept) return offered[0]!
   const chosen = new Negotiator({ headers: { accept } }).mediaType([...offered])
   if (!chosen) {
-    throw new LongrunError('not-acceptable', `The result is available as ${offered.join(', ')}.`, {
+    throw new LongrunError('not-acceptable', `This is available as ${offered.join(', ')}.`, {
       extra: { available: offered },
     })
   }
   return chosen as ResultType
 }
 
-export function serialize(value: unknown, type: ResultType): string {
+/** `value` as `type`; an XML document's root element is `root`. */
+export function serialize(value: unknown, type: ResultType, root = 'result'): string {
   switch (type) {
     case 'application/json':
       return JSON.stringify(value)
     case 'application/yaml':
       return toYaml(value)
     case 'application/xml':
-      return `<?xml version="1.0" encoding="UTF-8"?><result>${xml.build(wrapForXml(value))}</result>`
+      return `<?xml version="1.0" encoding="UTF-8"?><${root}>${xml.build(wrapForXml(value))}</${root}>`
   }
 }
 

@@ -36,7 +36,10 @@ export const idempotencyKeyRequired = (header: string) =>
     `This route requires an ${header} header: a unique key per request, reused only to resend the same request.`,
   )
 
-/** Same method, path and body (keys in any order) give the same fingerprint. */
+/**
+ * Same method, path and body (keys in any order) give the same fingerprint. The serializer recurses:
+ * `body` must be within `JSON_LIMITS` (limits.ts), as the submitter checks before calling this.
+ */
 export function fingerprint(method: string, path: string, body: unknown): string {
   return createHash('sha256')
     .update(`${method}\n${path}\n${stableStringify(body ?? null)}`)

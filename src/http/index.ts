@@ -3,6 +3,8 @@
 export { defineAsyncRoute, type AnyAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema } from './route.js'
 export type { ProtocolOptions } from './options.js'
 export type { ResultType } from './formats.js'
+export type { IdLocation, OperationAction, OperationRouteOptions, PresentedPage, PresentedResource } from './mounts.js'
+export type { JsonSchema, Presentation } from './present.js'
 export type { OperationResource } from './resource.js'
 export type { Problem } from './problem.js'
 export type { RequestHead } from './request.js'

@@ -61,6 +61,14 @@ export interface ProtocolOptions {
   maxActivePerOwner?: number
   /** Requests per principal (or per IP when anonymous) and time window, e.g. `'1 minute'`. @default none */
   rateLimit?: { max: number; timeWindow: Duration }
+  /**
+   * Requests with refused credentials (a `401` although credentials were sent) one client address
+   * may make per time window; beyond, every request with credentials from it answers `429
+   * rate-limited` with `Retry-After` until the window ends, right ones too, so that guessing keys
+   * or tokens stays slow. `false`: no such limit (`rateLimit` still counts refused requests).
+   * @default { max: 20, timeWindow: '1m' }
+   */
+  authFailureLimit?: { max: number; timeWindow: Duration } | false
   /** How often an idle event stream sends a comment, so that proxies keep it open. @default '15s' */
   streamHeartbeat?: Duration
   /** Event streams and waits one caller (principal, or address when anonymous) may hold open at once. @default 16 */
@@ -94,6 +102,7 @@ export interface ResolvedProtocolOptions {
   policy: OperationAccessPolicy
   maxActivePerOwner: number | undefined
   rateLimit: { max: number; timeWindowMs: number } | undefined
+  authFailureLimit: { max: number; timeWindowMs: number } | undefined
   streamHeartbeatMs: number
   maxStreamsPerCaller: number
   maxWaitMs: number
@@ -113,6 +122,7 @@ const DEFAULTS = {
   maxStreamsPerCaller: 16,
   maxWait: 60_000,
   slowConsumerTimeout: 30_000,
+  authFailureLimit: { max: 20, timeWindow: 60_000 }, // 20 per minute
 } as const
 
 const isPositiveInteger = (n: unknown): n is number => Number.isInteger(n) && (n as number) > 0
@@ -164,6 +174,14 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
   if (rateLimit && !isPositiveInteger(rateLimit.max)) throw invalidOption('rateLimit.max', 'must be a positive integer')
   const timeWindowMs = rateLimit && toMs('rateLimit.timeWindow', rateLimit.timeWindow)
   if (timeWindowMs === 0) throw invalidOption('rateLimit.timeWindow', 'must be positive')
+  const failures = input.authFailureLimit ?? DEFAULTS.authFailureLimit
+  if (failures !== false && (typeof failures !== 'object' || failures === null || !isPositiveInteger(failures.max))) {
+    throw invalidOption('authFailureLimit', 'must be false or { max, timeWindow } with a positive integer max')
+  }
+  const failureWindowMs = failures === false ? 0 : toMs('authFailureLimit.timeWindow', failures.timeWindow)
+  if (failures !== false && !(failureWindowMs > 0)) {
+    throw invalidOption('authFailureLimit.timeWindow', 'must be positive')
+  }
   const positiveMs = (name: 'streamHeartbeat' | 'maxWait' | 'slowConsumerTimeout') => {
     const ms = toMs(name, input[name] ?? DEFAULTS[name])
     if (ms <= 0) throw invalidOption(name, 'must be positive')
@@ -214,6 +232,7 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
     },
     maxActivePerOwner: maxActive,
     rateLimit: rateLimit && { max: rateLimit.max, timeWindowMs: timeWindowMs! },
+    authFailureLimit: failures ? { max: failures.max, timeWindowMs: failureWindowMs } : undefined,
     streamHeartbeatMs: positiveMs('streamHeartbeat'),
     maxStreamsPerCaller: maxStreams,
     maxWaitMs: positiveMs('maxWait'),

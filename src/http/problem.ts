@@ -1,7 +1,27 @@
 import { ERRORS, LongrunError, PROBLEM_TYPE_PREFIX, type ErrorCode } from '../core/errors.js'
 import type { Logger } from '../core/logger.js'
+import Negotiator from 'negotiator'
+import { serialize } from './formats.js'
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json'
+const PROBLEM_XML_TYPE = 'application/problem+xml'
+
+// JSON first: a client that states no preference gets JSON. Plain XML asks for XML problems too, so
+// that a client fetching a result as XML can read why there is none.
+const PROBLEM_OFFERS = [PROBLEM_CONTENT_TYPE, 'application/json', PROBLEM_XML_TYPE, 'application/xml']
+
+/**
+ * A problem's media type and body for the request's `Accept`: `application/problem+json`, or
+ * `application/problem+xml` (RFC 9457 Appendix B) when XML is preferred.
+ */
+export function renderProblem(body: Problem, accept: string | undefined): { type: string; text: string } {
+  const chosen = accept ? new Negotiator({ headers: { accept } }).mediaType(PROBLEM_OFFERS) : undefined
+  if (chosen !== PROBLEM_XML_TYPE && chosen !== 'application/xml') {
+    return { type: PROBLEM_CONTENT_TYPE, text: JSON.stringify(body) }
+  }
+  const xml = serialize(body, 'application/xml', 'problem').replace('<problem>', '<problem xmlns="urn:ietf:rfc:7807">')
+  return { type: `${PROBLEM_XML_TYPE}; charset=utf-8`, text: xml }
+}
 
 /** An RFC 9457 problem; `code` repeats the stable part of `type` for clients that switch on it. */
 export interface Problem {

@@ -1,17 +1,27 @@
+import { Readable } from 'node:stream'
 import { OperationAccess } from '../core/access.js'
 import type { Engine } from '../core/engine.js'
 import { invalidOption, LongrunError } from '../core/errors.js'
 import { isTerminal, OPERATION_STATES, type OperationState } from '../core/operation.js'
 import type { Principal } from '../core/permissions.js'
 import type { CleanupRun } from '../core/cleanup.js'
-import type { QuerySort } from '../core/store.js'
+import { isDeferrable, isPingable, type QuerySort } from '../core/store.js'
 import type { HistoryEntry, Operation, Page } from '../core/types.js'
 import { credentialHeaders, unauthorized } from './auth.js'
 import { entityTag, httpDate, mergeVary, noneMatch, OWNER_SCOPED } from './caching.js'
-import { negotiate, serialize } from './formats.js'
+import { negotiate, serialize, type ResultType } from './formats.js'
 import type { ResolvedProtocolOptions } from './options.js'
 import { headerOf, type RequestHead } from './request.js'
-import { iso, operationUrl, publicError, toDetailedResource, toResource } from './resource.js'
+import {
+  builtInLinks,
+  iso,
+  operationUrl,
+  publicError,
+  toDetailedResource,
+  toResource,
+  type OperationResource,
+  type ResourceOptions,
+} from './resource.js'
 import {
   resolveAsyncRoute,
   type AsyncRouteOptions,
@@ -24,8 +34,10 @@ import { validateStandard } from './schema.js'
 import { callerKey, preferences, Realtime } from './realtime.js'
 import { invalidQuery, singleParameter } from './query.js'
 import { Submitter, type SubmitParts } from './submit.js'
-import type { ApiDescription, ResolvedMount } from './mounts.js'
-import { OPERATION_ROUTES } from './routes.js'
+import { retryFilterOf } from './limits.js'
+import { resolveMount, type ApiDescription, type OperationRouteOptions, type ResolvedMount } from './mounts.js'
+import { presentOne, presentOther, presentPage, statusFor, type Presentation } from './present.js'
+import { OPERATION_ROUTES, type EndpointName, type EndpointRequest, type EndpointView } from './routes.js'
 
 /** A framework-neutral answer: adapters copy it onto their own reply object. */
 export interface HttpReply {
@@ -45,7 +57,12 @@ export interface LiveRequest {
   signal?: AbortSignal
   /** A `HEAD` request: a stream answers its headers without opening. */
   head?: boolean
+  /** How the route serving it answers (formats, presentation); the built-in API's by default. */
+  view?: EndpointView
 }
+
+/** What an endpoint reads of a request to choose its body's media type and shape. */
+type Viewed = Pick<LiveRequest, 'headers' | 'view'>
 
 const JSON_TYPE = 'application/json; charset=utf-8'
 const CURSOR = /^[A-Za-z0-9_-]{1,200}$/
@@ -63,6 +80,9 @@ export class OperationsProtocol {
   readonly #submitter: Submitter
   readonly #routes = new Map<string, ResolvedAsyncRoute>()
   readonly #mounts: ResolvedMount[] = []
+  readonly #defaultView: EndpointView
+  /** How resources are built: links lead to the built-in API, or to the app's mounts without it. */
+  readonly #resourceOptions: ResourceOptions
   readonly #realtime: Realtime
   /** The request headers every answer depends on besides its URL: the caller's credentials. */
   readonly #vary: readonly string[]
@@ -73,6 +93,12 @@ export class OperationsProtocol {
     this.#vary = credentialHeaders(options.authenticate)
     this.#submitter = new Submitter(engine, options)
     this.#realtime = new Realtime(options, engine.pollMs, this.#groupNames)
+    this.#defaultView = { formats: options.formats }
+    this.#resourceOptions = {
+      basePath: options.basePath,
+      exposeStack: options.exposeStack,
+      ...(options.operationsApi ? {} : { linksOf: (id: string) => this.#mountedLinks(id) }),
+    }
     if (options.operationsApi) {
       for (const route of OPERATION_ROUTES) {
         this.#mounts.push({
@@ -94,6 +120,127 @@ export class OperationsProtocol {
   }
 
   /**
+   * Checks a mount of one action at the app's own URL (`prefix`: the context's); the adapter then
+   * serves it, reading the id where the mount says and calling `answer` with the mount's view.
+   */
+  addMount(options: OperationRouteOptions, prefix = ''): ResolvedMount {
+    const mount = resolveMount(options, prefix, this.options.formats)
+    this.#mounts.push(mount)
+    return mount
+  }
+
+  /**
+   * Throws when the API cannot tell clients where their operations are: without the built-in
+   * operations API, async routes need a status mount that takes the id in its path or query.
+   */
+  checkComplete(): void {
+    if (this.options.operationsApi || this.#routes.size === 0) return
+    if (!this.#findMount('status')) {
+      throw invalidOption(
+        'operationsApi',
+        "is false: mount the 'status' action with the id in its path or query (app.longrun.operationRoute), so that Location can point to it",
+      )
+    }
+  }
+
+  /** The endpoint `name` of the operations API, answered as `request.view` says (formats, presentation). */
+  async answer(name: EndpointName, access: OperationAccess, request: EndpointRequest): Promise<HttpReply> {
+    const reply = await this.#endpoint(name, access, request)
+    return this.#encoded(reply, request, ROOTS[name])
+  }
+
+  #endpoint(name: EndpointName, a: OperationAccess, r: EndpointRequest): Promise<HttpReply> | HttpReply {
+    switch (name) {
+      case 'list':
+        return this.list(a, r)
+      case 'stats':
+        return this.stats(a, r)
+      case 'query':
+        return this.query(a, r)
+      case 'cleanupStatus':
+        return this.cleanupStatus(a, r)
+      case 'cleanup':
+        return this.runCleanup(a, r)
+      case 'feed':
+        return this.feed(a, r)
+      case 'retryAll':
+        return this.retryAll(a, r.body)
+      case 'status':
+        return this.status(a, r.id, r)
+      case 'events':
+        return this.events(a, r.id, r)
+      case 'wait':
+        return this.wait(a, r.id, r)
+      case 'result':
+        return this.result(a, r.id, r)
+      case 'error':
+        return this.error(a, r.id, r)
+      case 'cancel':
+        return this.cancel(a, r.id, r)
+      case 'retry':
+        return this.retry(a, r.id, r)
+      case 'start':
+        return this.start(a, r.id, r)
+      case 'delete':
+        return this.remove(a, r.id)
+      case 'deliveries':
+        return this.deliveries(a, r.id, r)
+      case 'redeliver':
+        return this.redeliver(a, r.id)
+      case 'health':
+        return this.health()
+      case 'ready':
+        return this.ready(a)
+    }
+  }
+
+  /** The first mount of `action` whose URL can carry an id (in its path or query), for links. */
+  #findMount(action: string): ResolvedMount | undefined {
+    return this.#mounts.find((m) => m.action === action && (m.id?.in === 'path' || m.id?.in === 'query'))
+  }
+
+  /** Where an operation is polled: the built-in status URL, or the app's status mount. */
+  #location(id: string): string {
+    return this.#resourceOptions.linksOf?.(id).self ?? operationUrl(this.options.basePath, id)
+  }
+
+  #mountedLinks(id: string): OperationResource['links'] {
+    const at = (action: string) => {
+      const mount = this.#findMount(action)
+      if (!mount) return undefined
+      const encoded = encodeURIComponent(id)
+      return mount.id!.in === 'path'
+        ? mount.url.replace(`:${mount.id!.name}`, encoded)
+        : `${mount.url}?${encodeURIComponent(mount.id!.name)}=${encoded}`
+    }
+    const links: OperationResource['links'] = { self: at('status') ?? builtInLinks(this.options.basePath, id).self }
+    for (const action of ['result', 'error', 'cancel', 'start'] as const) {
+      const url = at(action)
+      if (url) links[action] = url
+    }
+    return links
+  }
+
+  /** The body of `value` in the media type the request accepts of those its view offers. */
+  #encode(request: Viewed | undefined, value: unknown, root: string): { type: string; text: string } {
+    const type: ResultType = negotiate(headerOf(request ?? { headers: {} }, 'accept'), this.#viewOf(request).formats)
+    return { type: `${type}; charset=utf-8`, text: serialize(value, type, root) }
+  }
+
+  /** A reply whose body is still a value (not a string or a stream), encoded for the request. */
+  #encoded(reply: HttpReply, request: Viewed | undefined, root: string): HttpReply {
+    if (reply.body === undefined || typeof reply.body === 'string' || reply.body instanceof Readable) return reply
+    const { type, text } = this.#encode(request, reply.body, root)
+    const headers: Record<string, string> = { ...reply.headers, 'content-type': type }
+    if (this.#viewOf(request).formats.length > 1) headers.vary = mergeVary(reply.headers.vary, 'Accept')
+    return { ...reply, headers, body: text }
+  }
+
+  #viewOf(request: Pick<LiveRequest, 'view'> | undefined): EndpointView {
+    return request?.view ?? this.#defaultView
+  }
+
+  /**
    * Answers every open stream, wait and held request at once (streams end after a comment, the
    * others get `503 shutting-down`) and refuses new ones: call it when the server starts closing.
    */
@@ -106,6 +253,9 @@ export class OperationsProtocol {
     route: AsyncRouteOptions<S, Result, Args, TP>,
   ): ResolvedAsyncRoute {
     const resolved = resolveAsyncRoute(route)
+    if (resolved.start === 'manual' && !isDeferrable(this.engine.store)) {
+      throw invalidOption(`${resolved.name}.start`, "is 'manual', but the store does not keep deferred operations")
+    }
     if (resolved.callback && !this.options.webhooks) {
       throw invalidOption(`${resolved.name}.callback`, "needs the plugin's webhooks option (its signing secret)")
     }
@@ -154,30 +304,38 @@ export class OperationsProtocol {
     }
     const { op, headers } = submitted
     const vary = { vary: 'Prefer', ...headers }
-    if (!waitMs || !slot) return this.#acceptedAsPreferred(op, vary, prefer)
+    const accepted = (as: Operation) => this.#acceptedAsPreferred(as, vary, prefer, parts, route.presentation)
+    if (!waitMs || !slot) return accepted(op)
     const done = await this.#realtime.wait(access, op.id, waitMs, parts.signal, slot)
     if (parts.signal?.aborted) {
       if (route.hold?.cancelOnDisconnect && !isTerminal(done.state)) await access.cancel(op.id).catch(() => {})
-      return this.#acceptedAsPreferred(done, vary, prefer)
+      return accepted(done)
     }
     if (!isTerminal(done.state)) {
       if (route.hold?.onTimeout === 'timeout') {
         throw new LongrunError('hold-timeout', `The operation is still '${done.state}'; poll it.`, {
           extra: { state: done.state, retryAfter: this.options.retryAfterSeconds },
-          headers: { location: operationUrl(this.options.basePath, op.id), ...vary },
+          headers: { location: this.#location(op.id), ...vary },
         })
       }
-      return this.#acceptedAsPreferred(done, vary, prefer)
+      return accepted(done)
     }
-    const answered: Record<string, string> = { ...vary, 'content-location': operationUrl(this.options.basePath, op.id) }
+    const answered: Record<string, string> = { ...vary, 'content-location': this.#location(op.id) }
     if (route.hold === undefined) answered['preference-applied'] = `wait=${prefer.get('wait')}`
     return this.#outcome(done, headerOf(parts, 'accept'), answered)
   }
 
-  #acceptedAsPreferred(op: Operation, headers: Record<string, string>, prefer: Map<string, string>): HttpReply {
+  #acceptedAsPreferred(
+    op: Operation,
+    headers: Record<string, string>,
+    prefer: Map<string, string>,
+    request: Viewed,
+    presentation: Presentation | undefined,
+  ): HttpReply {
     return this.accepted(
       op,
       prefer.has('respond-async') ? { ...headers, 'preference-applied': 'respond-async' } : headers,
+      { headers: request.headers, view: { formats: this.options.formats, presentation } },
     )
   }
 
@@ -185,19 +343,23 @@ export class OperationsProtocol {
    * 202 for a just-accepted (or re-queued) operation. `Operation-Location` (the same URL as
    * `Location`) makes Azure's pollers read the status from the body rather than from the status code.
    */
-  accepted(op: Operation, headers: Record<string, string> = {}): HttpReply {
-    const location = operationUrl(this.options.basePath, op.id)
-    return {
-      status: 202,
-      headers: {
-        'content-type': JSON_TYPE,
-        location,
-        'operation-location': location,
-        'retry-after': String(this.options.retryAfterSeconds),
-        ...headers,
+  accepted(op: Operation, headers: Record<string, string> = {}, request?: Viewed): HttpReply {
+    const location = this.#location(op.id)
+    const presentation = request?.view?.presentation
+    return this.#encoded(
+      {
+        status: statusFor(presentation, op.state, 202),
+        headers: {
+          location,
+          'operation-location': location,
+          'retry-after': String(this.options.retryAfterSeconds),
+          ...headers,
+        },
+        body: presentOne(presentation, toResource(op, this.#resourceOptions), op),
       },
-      body: toResource(op, this.options),
-    }
+      request,
+      'operation',
+    )
   }
 
   /** `GET {base}/{id}`; with `Prefer: wait=N`, once the operation is done or N seconds have passed. */
@@ -210,15 +372,20 @@ export class OperationsProtocol {
   async #status(
     access: OperationAccess,
     id: string,
-    request: Pick<LiveRequest, 'headers'> | undefined,
+    request: Viewed | undefined,
     vary: { vary?: string },
   ): Promise<HttpReply> {
     const { op, history } = await access.details(id)
-    const body = JSON.stringify(toDetailedResource(op, history, this.options))
+    const presentation = request?.view?.presentation
     return this.#validated(
-      { status: 200, headers: { ...this.#headers(op), ...vary }, body },
+      {
+        status: statusFor(presentation, op.state, 200),
+        headers: { ...this.#headers(op), ...vary },
+        body: presentOne(presentation, toDetailedResource(op, history, this.#resourceOptions), op),
+      },
       request,
       lastChange(op, history),
+      'operation',
     )
   }
 
@@ -245,7 +412,7 @@ export class OperationsProtocol {
     return this.#realtime.feedStream({ access, caller: callerKey(access, request.ip), ...request })
   }
 
-  async result(access: OperationAccess, id: string, request: Pick<LiveRequest, 'headers'>): Promise<HttpReply> {
+  async result(access: OperationAccess, id: string, request: Viewed): Promise<HttpReply> {
     const op = await access.get(id)
     return this.#validated(this.#outcome(op, headerOf(request, 'accept')), request, op.completedAt)
   }
@@ -279,39 +446,49 @@ export class OperationsProtocol {
     )
   }
 
-  async error(access: OperationAccess, id: string, request: Pick<LiveRequest, 'headers'>): Promise<HttpReply> {
+  /** `GET {base}/{id}/error`: a failed operation's error; a presentation's `present` gets the operation. */
+  async error(access: OperationAccess, id: string, request: Viewed): Promise<HttpReply> {
     const op = await access.get(id)
     if (op.state !== 'failed' || !op.error) {
       throw new LongrunError('no-error', `The operation is '${op.state}', not failed.`, { extra: { state: op.state } })
     }
-    const body = {
-      id: op.id,
-      state: op.state,
-      attempt: op.attempt,
-      error: publicError(op.error, this.options.exposeStack),
-    }
-    return this.#validated(
-      { status: 200, headers: { 'content-type': JSON_TYPE }, body: JSON.stringify(body) },
+    const presentation = request.view?.presentation
+    const body = presentation?.present
+      ? presentOne(presentation, toResource(op, this.#resourceOptions), op)
+      : {
+          id: op.id,
+          state: presentation?.states?.[op.state] ?? op.state,
+          attempt: op.attempt,
+          error: publicError(op.error, this.options.exposeStack),
+        }
+    return this.#validated({ status: 200, headers: {}, body }, request, op.completedAt, 'error')
+  }
+
+  async cancel(access: OperationAccess, id: string, request?: Viewed): Promise<HttpReply> {
+    const op = await access.cancel(id)
+    const presentation = request?.view?.presentation
+    return this.#encoded(
+      {
+        status: statusFor(presentation, op.state, 200),
+        headers: this.#headers(op),
+        body: presentOne(presentation, toResource(op, this.#resourceOptions), op),
+      },
       request,
-      op.completedAt,
+      'operation',
     )
   }
 
-  async cancel(access: OperationAccess, id: string): Promise<HttpReply> {
-    return this.#resource(await access.cancel(id))
-  }
-
-  async retry(access: OperationAccess, id: string): Promise<HttpReply> {
-    return this.accepted(await access.retry(id))
+  async retry(access: OperationAccess, id: string, request?: Viewed): Promise<HttpReply> {
+    return this.accepted(await access.retry(id), {}, request)
   }
 
   /** `POST {base}/{id}/start`: queues an operation its route created to start later (`start: 'manual'`). */
-  async start(access: OperationAccess, id: string): Promise<HttpReply> {
-    return this.accepted(await access.start(id))
+  async start(access: OperationAccess, id: string, request?: Viewed): Promise<HttpReply> {
+    return this.accepted(await access.start(id), {}, request)
   }
 
   /** Every webhook message of the operation (its callback's and app-wide endpoints'), with each attempt. */
-  async deliveries(access: OperationAccess, id: string, request: Pick<LiveRequest, 'headers'>): Promise<HttpReply> {
+  async deliveries(access: OperationAccess, id: string, request: Viewed): Promise<HttpReply> {
     const items = (await access.deliveries(id)).map(({ nextAttemptAt, attempts, ...message }) => ({
       ...message,
       nextAttemptAt: iso(nextAttemptAt),
@@ -322,14 +499,13 @@ export class OperationsProtocol {
         error: error ?? null,
       })),
     }))
-    const body = JSON.stringify({ items })
-    return this.#validated({ status: 200, headers: { 'content-type': JSON_TYPE }, body }, request)
+    return this.#validated({ status: 200, headers: {}, body: { items } }, request, undefined, 'deliveries')
   }
 
   /** Sends the operation's delivered and failed messages again. */
   async redeliver(access: OperationAccess, id: string): Promise<HttpReply> {
     const redelivered = await access.redeliver(id)
-    return { status: 202, headers: { 'content-type': JSON_TYPE }, body: { redelivered } }
+    return { status: 202, headers: {}, body: { redelivered } }
   }
 
   async remove(access: OperationAccess, id: string): Promise<HttpReply> {
@@ -341,7 +517,7 @@ export class OperationsProtocol {
    * `GET {base}`: a page of what the caller may read, newest first; `state` (a comma list) and
    * `name` as always, and any filter of docs/query.md in the query-string form, with `sort`.
    */
-  async list(access: OperationAccess, request: Pick<LiveRequest, 'headers' | 'query'>): Promise<HttpReply> {
+  async list(access: OperationAccess, request: Viewed & Pick<LiveRequest, 'query'>): Promise<HttpReply> {
     const { query } = request
     const states = parseStates(query.state)
     const name = singleParameter(query.name, 'name')
@@ -356,8 +532,8 @@ export class OperationsProtocol {
     // Without conditions or another order, the plain list: it needs no `Queryable` store.
     const page =
       where.length > 0 || sort === 'oldest' ? await access.query({ ...filter, where, sort }) : await access.list(filter)
-    const body = JSON.stringify(this.#pageBody(page, sort))
-    return this.#validated({ status: 200, headers: { 'content-type': JSON_TYPE }, body }, request)
+    const body = presentPage(request.view?.presentation, this.#pageBody(page, sort), page.items)
+    return this.#validated({ status: 200, headers: {}, body }, request, undefined, 'page')
   }
 
   /**
@@ -365,7 +541,10 @@ export class OperationsProtocol {
    * body (Pode's form: `{ "<field>": { "op": "<operator>", "value": ... } }`); `limit`, `cursor`
    * and `sort` in the query string.
    */
-  async query(access: OperationAccess, request: Pick<LiveRequest, 'query'> & { body: unknown }): Promise<HttpReply> {
+  async query(
+    access: OperationAccess,
+    request: Pick<LiveRequest, 'query' | 'view'> & { body: unknown },
+  ): Promise<HttpReply> {
     for (const parameter of Object.keys(request.query)) {
       if (!PAGE_PARAMETERS.includes(parameter)) {
         throw invalidQuery(
@@ -377,12 +556,17 @@ export class OperationsProtocol {
     const where = bodyConditions(request.body, this.#groupNames)
     const { limit, cursor, sort } = this.#pageOf(request.query)
     const page = await access.query({ where, sort, limit, ...(cursor !== undefined ? { cursor } : {}) })
-    return { status: 200, headers: { 'content-type': JSON_TYPE }, body: JSON.stringify(this.#pageBody(page, sort)) }
+    return {
+      status: 200,
+      headers: {},
+      body: presentPage(request.view?.presentation, this.#pageBody(page, sort), page.items),
+    }
   }
 
+  /** A page of resources; without their results, so that a page's size does not grow with them. */
   #pageBody(page: Page, sort: QuerySort) {
     return {
-      items: page.items.map((op) => toResource(op, this.options)),
+      items: page.items.map((op) => toResource(op, this.#resourceOptions, { result: false })),
       nextCursor: page.nextCursor === undefined ? null : encodeCursor(page.nextCursor, sort),
     }
   }
@@ -412,17 +596,13 @@ export class OperationsProtocol {
 
   /** Retries failed (or canceled) operations in bulk: `{ state?, name?, limit? }` in the body. */
   async retryAll(access: OperationAccess, body: unknown): Promise<HttpReply> {
-    const filter = (body ?? {}) as { state?: unknown; name?: unknown; limit?: unknown }
-    if (typeof filter !== 'object' || Array.isArray(filter)) throw invalidFilter('(body)', 'must be a JSON object')
+    // By its schema first: `parseStates` reads strings only (`{"toString":1}` is no state).
+    const filter = retryFilterOf(body)
     const states = parseStates(filter.state, invalidFilter)
     if (states?.some((state) => state !== 'failed' && state !== 'canceled')) {
       throw invalidFilter('state', 'must be failed or canceled')
     }
-    if (filter.name !== undefined && typeof filter.name !== 'string') throw invalidFilter('name', 'must be a string')
     const limit = filter.limit ?? 1_000
-    if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > 10_000) {
-      throw invalidFilter('limit', 'must be an integer from 1 to 10000')
-    }
     const ids = await access.retryAll({
       ...(states ? { states: states as ('failed' | 'canceled')[] } : {}),
       ...(filter.name !== undefined ? { name: filter.name } : {}),
@@ -432,38 +612,37 @@ export class OperationsProtocol {
   }
 
   /** `GET {base}/stats`: counts of what the caller may read; `state` and the filters of the list. */
-  async stats(access: OperationAccess, request: Pick<LiveRequest, 'headers' | 'query'>): Promise<HttpReply> {
+  async stats(access: OperationAccess, request: Viewed & Pick<LiveRequest, 'query'>): Promise<HttpReply> {
     const states = parseStates(request.query.state)
     const where = queryConditions(request.query, STATS_PARAMETERS, this.#groupNames)
-    const body = JSON.stringify(await access.stats({ ...(states ? { states } : {}), where }))
-    return this.#validated({ status: 200, headers: { 'content-type': JSON_TYPE }, body }, request)
+    const stats = await access.stats({ ...(states ? { states } : {}), where })
+    const body = presentOther(request.view?.presentation, stats)
+    return this.#validated({ status: 200, headers: {}, body }, request, undefined, 'stats')
   }
 
   /** `GET {base}/cleanup`: the cleanup service's status (docs/query.md); any caller may see it. */
-  cleanupStatus(access: OperationAccess): HttpReply {
+  cleanupStatus(access: OperationAccess, request?: Pick<LiveRequest, 'view'>): HttpReply {
     const { lastRun, ...status } = access.cleanupStatus()
-    const body = { ...status, lastRun: lastRun && runResource(lastRun) }
-    return { status: 200, headers: { 'content-type': JSON_TYPE, 'cache-control': 'no-store' }, body }
+    const body = presentOther(request?.view?.presentation, { ...status, lastRun: lastRun && runResource(lastRun) })
+    return { status: 200, headers: { 'cache-control': 'no-store' }, body }
   }
 
   /**
    * `POST {base}/cleanup`: runs the cleanup now and answers the run (while one is in progress in
    * this process, once it ends: that run). Admin role, or the `cleanup.allow` grant.
    */
-  async runCleanup(access: OperationAccess): Promise<HttpReply> {
+  async runCleanup(access: OperationAccess, request?: Pick<LiveRequest, 'view'>): Promise<HttpReply> {
     const run = await access.runCleanup()
-    return { status: 200, headers: { 'content-type': JSON_TYPE, 'cache-control': 'no-store' }, body: runResource(run) }
+    const body = presentOther(request?.view?.presentation, runResource(run))
+    return { status: 200, headers: { 'cache-control': 'no-store' }, body }
   }
 
   /**
    * An owner-scoped read with its validators, or `304` without a body when `If-None-Match` matches
    * (keeping `Retry-After`, so that a client polling cheaply still knows how often to ask).
    */
-  #validated(
-    reply: HttpReply & { body: string },
-    request: Pick<LiveRequest, 'headers'> | undefined,
-    lastModified?: number,
-  ): HttpReply {
+  #validated(given: HttpReply, request: Viewed | undefined, lastModified?: number, root = 'response'): HttpReply {
+    const reply = this.#encoded(given, request, root) as HttpReply & { body: string }
     const etag = entityTag(reply.headers['content-type']!, reply.body)
     const headers: Record<string, string> = {
       ...reply.headers,
@@ -478,14 +657,37 @@ export class OperationsProtocol {
     return { status: 304, headers: kept }
   }
 
-  #resource(op: Operation): HttpReply {
-    return { status: 200, headers: this.#headers(op), body: toResource(op, this.options) }
+  /** The headers of an answer about `op`: how soon to ask again while it is not done. */
+  #headers(op: Operation): Record<string, string> {
+    return isTerminal(op.state) ? {} : { 'retry-after': String(this.options.retryAfterSeconds) }
   }
 
-  #headers(op: Operation): Record<string, string> {
-    const headers: Record<string, string> = { 'content-type': JSON_TYPE }
-    if (!isTerminal(op.state)) headers['retry-after'] = String(this.options.retryAfterSeconds)
-    return headers
+  /** `GET {base}/health`: liveness, `200 { status: 'ok' }` while the process serves; any caller, the store is not asked. */
+  health(): HttpReply {
+    return { status: 200, headers: { 'cache-control': 'no-store' }, body: { status: 'ok' } }
+  }
+
+  /**
+   * `GET {base}/ready`: readiness, `200 { status: 'ok' }` when the store answers a ping (`Pingable`;
+   * a store without one is taken as ready); `503 store-unavailable` with Retry-After when it does
+   * not, `503 shutting-down` once the server closes. Any caller: it tells nothing of operations.
+   */
+  async ready(_access: OperationAccess): Promise<HttpReply> {
+    const retryAfter = this.options.retryAfterSeconds
+    if (this.#realtime.closing) {
+      throw new LongrunError('shutting-down', 'The server is shutting down.', { extra: { retryAfter } })
+    }
+    const { store } = this.engine
+    try {
+      if (isPingable(store)) await store.ping()
+    } catch (err) {
+      const known = err instanceof LongrunError
+      throw new LongrunError('store-unavailable', `The store does not answer${known ? `: ${err.message}` : ''}`, {
+        cause: err,
+        extra: { retryAfter: known && typeof err.extra.retryAfter === 'number' ? err.extra.retryAfter : retryAfter },
+      })
+    }
+    return { status: 200, headers: { 'cache-control': 'no-store' }, body: { status: 'ok' } }
   }
 }
 
@@ -499,6 +701,30 @@ const runResource = (run: CleanupRun) => ({
   startedAt: new Date(run.startedAt).toISOString(),
   endedAt: new Date(run.endedAt).toISOString(),
 })
+
+/** The XML root element of each endpoint's body. */
+const ROOTS: Record<EndpointName, string> = {
+  list: 'page',
+  query: 'page',
+  stats: 'stats',
+  cleanupStatus: 'cleanup',
+  cleanup: 'cleanup',
+  feed: 'response',
+  retryAll: 'retried',
+  status: 'operation',
+  events: 'response',
+  wait: 'operation',
+  result: 'result',
+  error: 'error',
+  cancel: 'operation',
+  retry: 'operation',
+  start: 'operation',
+  delete: 'response',
+  deliveries: 'deliveries',
+  redeliver: 'redelivered',
+  health: 'health',
+  ready: 'health',
+}
 
 /** The query parameters the list reads itself; any other is a condition (or refused). */
 const PAGE_PARAMETERS: readonly string[] = ['limit', 'cursor', 'sort']

@@ -1,5 +1,5 @@
 import { attemptsOf } from '../core/history.js'
-import { isTerminal } from '../core/operation.js'
+import { isDeferred, isTerminal } from '../core/operation.js'
 import type { DeliveryState, HistoryEntry, Operation, OperationError } from '../core/types.js'
 
 /** The operation as clients see it (docs/protocol.md): camelCase, ISO 8601 UTC times, links. */
@@ -21,12 +21,19 @@ export interface OperationResource {
   nextAttemptAt?: string
   cancelable: boolean
   cancelRequested: boolean
+  /** Created by a route with `start: 'manual'` and not started yet: `POST {links.start}` queues it. */
+  awaitingStart?: true
+  /** Once succeeded, except in lists (fetch it from `resourceLocation`): what the handler returned. */
   result?: unknown
   /** Once succeeded: where the result is, the URL Azure's pollers fetch last. */
   resourceLocation?: string
   /** With `message` (its `detail`, else its `title`), which Azure's pollers show. */
   error?: OperationError & { message: string }
-  links: { self: string; result: string; error: string; cancel: string }
+  /**
+   * Where to poll it and act on it (`start`: while `awaitingStart`). Without the built-in
+   * operations API (`operationsApi: false`), the app's mounts that take the id in the path or query.
+   */
+  links: { self: string; result?: string; error?: string; cancel?: string; start?: string }
   /** For an operation with a callback: where it goes and how it is doing (Pode's `CallbackInfo`). */
   callback?: {
     url: string
@@ -62,6 +69,13 @@ const AZURE_STATUS: Record<Operation['state'], AzureStatus> = {
 export interface ResourceOptions {
   basePath: string
   exposeStack: boolean
+  /** Where clients poll and act on an operation. @default under `basePath` */
+  linksOf?: (id: string) => OperationResource['links']
+}
+
+/** What a resource leaves out: a list's items carry no result, so that a page's size stays bounded. */
+export interface ResourceView {
+  result?: boolean
 }
 
 /** Epoch milliseconds as clients see times: ISO 8601 UTC, `null` for none. */
@@ -71,14 +85,20 @@ export function operationUrl(basePath: string, id: string): string {
   return `${basePath}/${encodeURIComponent(id)}`
 }
 
+/** The links of an operation under the built-in operations API. */
+export function builtInLinks(basePath: string, id: string): OperationResource['links'] {
+  const self = operationUrl(basePath, id)
+  return { self, result: `${self}/result`, error: `${self}/error`, cancel: `${self}/cancel`, start: `${self}/start` }
+}
+
 export function publicError(error: OperationError, exposeStack: boolean): OperationError {
   if (exposeStack || error.stack === undefined) return error
   const { stack: _stack, ...rest } = error
   return rest
 }
 
-export function toResource(op: Operation, options: ResourceOptions): OperationResource {
-  const self = operationUrl(options.basePath, op.id)
+export function toResource(op: Operation, options: ResourceOptions, view: ResourceView = {}): OperationResource {
+  const links = options.linksOf?.(op.id) ?? builtInLinks(options.basePath, op.id)
   const resource: OperationResource = {
     id: op.id,
     name: op.name,
@@ -95,18 +115,15 @@ export function toResource(op: Operation, options: ResourceOptions): OperationRe
     maxAttempts: op.maxAttempts,
     cancelable: op.cancelable,
     cancelRequested: op.cancelRequested,
-    links: {
-      self,
-      result: `${self}/result`,
-      error: `${self}/error`,
-      cancel: `${self}/cancel`,
-    },
+    links: { ...links },
   }
+  if (isDeferred(op)) resource.awaitingStart = true
+  else delete resource.links.start
   // A queued operation that already ran once is waiting for its next attempt.
   if (op.state === 'queued' && op.attempt > 0) resource.nextAttemptAt = iso(op.runAt)!
   if (op.state === 'succeeded') {
-    resource.result = op.result
-    resource.resourceLocation = resource.links.result
+    if (view.result !== false) resource.result = op.result
+    if (resource.links.result) resource.resourceLocation = resource.links.result
   }
   if (op.error && op.state !== 'succeeded') {
     resource.error = { ...publicError(op.error, options.exposeStack), message: op.error.detail ?? op.error.title }

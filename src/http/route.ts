@@ -4,7 +4,7 @@ import { invalidOption } from '../core/errors.js'
 import { resolveCallbackOptions, type CallbackOptions, type ResolvedCallback } from './callback.js'
 import { RESULT_TYPES, type ResultType } from './formats.js'
 import type { IdempotencyMode } from './idempotency.js'
-import { resolvePresentation, type Presentation } from './present.js'
+import { resolvePresentation, type Presentation, type PresentedResource } from './present.js'
 import {
   splitSchema,
   type AsyncRouteSchema,
@@ -71,9 +71,13 @@ export interface AsyncRouteOptions<
    * may answer and stop (nothing is stored), throw (a problem), or go on, returning values that the
    * handler gets as `op.context` (stored with the operation as JSON; never put credentials there).
    */
-  beforeQueue?: (request: never, reply: never) => unknown
-  /** The operation in a body of the route's own (202, status, cancel...): see `Presentation`. */
-  present?: Presentation['present']
+  beforeQueue?(request: never, reply: never): unknown
+  /**
+   * The 202 answer (and a held request's, while not done) in a body of the route's own: it gets the
+   * operation resource with `state` renamed by `states`. The operations API keeps longrun's shape:
+   * mount actions with a presentation of their own for that (`operationRoute`).
+   */
+  present?: (op: PresentedResource) => unknown
   presentSchema?: Presentation['presentSchema']
   states?: Presentation['states']
   statusCodes?: Presentation['statusCodes']

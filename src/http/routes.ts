@@ -1,5 +1,5 @@
-import type { OperationAccess } from '../core/access.js'
-import type { HttpReply, OperationsProtocol } from './protocol.js'
+import type { ResultType } from './formats.js'
+import type { Presentation } from './present.js'
 
 /** What an endpoint of the operations API reads of its request, as the adapter parsed it. */
 export interface EndpointRequest {
@@ -15,37 +15,69 @@ export interface EndpointRequest {
   signal?: AbortSignal
   /** A `HEAD` request (answered like `GET`, without a body): a stream answers its headers without opening. */
   head?: boolean
+  /** How the route serving it answers: the built-in API's formats, or a mount's. */
+  view?: EndpointView
+}
+
+/** How an endpoint answers: the media types it offers (the first by default) and how it shows operations. */
+export interface EndpointView {
+  formats: readonly ResultType[]
+  presentation?: Presentation | undefined
 }
 
 export interface OperationRoute {
   method: 'GET' | 'POST' | 'DELETE'
   /** Under the API's `basePath`; `:id` stands for an operation id. */
   path: string
-  /** Names the endpoint, e.g. for logs and documentation. */
-  name: string
-  answer(protocol: OperationsProtocol, access: OperationAccess, request: EndpointRequest): Promise<HttpReply>
+  /** The endpoint it serves (`OperationsProtocol.answer`), also for logs and documentation. */
+  name: EndpointName
 }
+
+/** The endpoints of the operations API. */
+export type EndpointName =
+  | 'list'
+  | 'stats'
+  | 'query'
+  | 'cleanupStatus'
+  | 'cleanup'
+  | 'feed'
+  | 'retryAll'
+  | 'status'
+  | 'events'
+  | 'wait'
+  | 'result'
+  | 'error'
+  | 'cancel'
+  | 'retry'
+  | 'start'
+  | 'delete'
+  | 'deliveries'
+  | 'redeliver'
+  | 'health'
+  | 'ready'
 
 /** The operations API as data: every adapter serves exactly these routes under `basePath`. */
 export const OPERATION_ROUTES: readonly OperationRoute[] = [
-  { method: 'GET', path: '', name: 'list', answer: (p, a, r) => p.list(a, r) },
-  { method: 'GET', path: '/stats', name: 'stats', answer: (p, a, r) => p.stats(a, r) },
-  { method: 'POST', path: '/query', name: 'query', answer: (p, a, r) => p.query(a, r) },
-  { method: 'GET', path: '/cleanup', name: 'cleanupStatus', answer: async (p, a) => p.cleanupStatus(a) },
-  { method: 'POST', path: '/cleanup', name: 'cleanup', answer: (p, a) => p.runCleanup(a) },
-  { method: 'GET', path: '/events', name: 'feed', answer: (p, a, r) => p.feed(a, r) },
-  { method: 'POST', path: '/retry', name: 'retryAll', answer: (p, a, r) => p.retryAll(a, r.body) },
-  { method: 'GET', path: '/:id', name: 'status', answer: (p, a, r) => p.status(a, r.id, r) },
-  { method: 'GET', path: '/:id/events', name: 'events', answer: (p, a, r) => p.events(a, r.id, r) },
-  { method: 'GET', path: '/:id/wait', name: 'wait', answer: (p, a, r) => p.wait(a, r.id, r) },
-  { method: 'GET', path: '/:id/result', name: 'result', answer: (p, a, r) => p.result(a, r.id, r) },
-  { method: 'GET', path: '/:id/error', name: 'error', answer: (p, a, r) => p.error(a, r.id, r) },
-  { method: 'POST', path: '/:id/cancel', name: 'cancel', answer: (p, a, r) => p.cancel(a, r.id) },
-  { method: 'POST', path: '/:id/retry', name: 'retry', answer: (p, a, r) => p.retry(a, r.id) },
-  { method: 'POST', path: '/:id/start', name: 'start', answer: (p, a, r) => p.start(a, r.id) },
-  { method: 'DELETE', path: '/:id', name: 'delete', answer: (p, a, r) => p.remove(a, r.id) },
-  { method: 'GET', path: '/:id/deliveries', name: 'deliveries', answer: (p, a, r) => p.deliveries(a, r.id, r) },
-  { method: 'POST', path: '/:id/deliveries/retry', name: 'redeliver', answer: (p, a, r) => p.redeliver(a, r.id) },
+  { method: 'GET', path: '', name: 'list' },
+  { method: 'GET', path: '/stats', name: 'stats' },
+  { method: 'GET', path: '/health', name: 'health' },
+  { method: 'GET', path: '/ready', name: 'ready' },
+  { method: 'POST', path: '/query', name: 'query' },
+  { method: 'GET', path: '/cleanup', name: 'cleanupStatus' },
+  { method: 'POST', path: '/cleanup', name: 'cleanup' },
+  { method: 'GET', path: '/events', name: 'feed' },
+  { method: 'POST', path: '/retry', name: 'retryAll' },
+  { method: 'GET', path: '/:id', name: 'status' },
+  { method: 'GET', path: '/:id/events', name: 'events' },
+  { method: 'GET', path: '/:id/wait', name: 'wait' },
+  { method: 'GET', path: '/:id/result', name: 'result' },
+  { method: 'GET', path: '/:id/error', name: 'error' },
+  { method: 'POST', path: '/:id/cancel', name: 'cancel' },
+  { method: 'POST', path: '/:id/retry', name: 'retry' },
+  { method: 'POST', path: '/:id/start', name: 'start' },
+  { method: 'DELETE', path: '/:id', name: 'delete' },
+  { method: 'GET', path: '/:id/deliveries', name: 'deliveries' },
+  { method: 'POST', path: '/:id/deliveries/retry', name: 'redeliver' },
 ]
 
 /**

@@ -6,6 +6,7 @@ import { fingerprint, idempotencyKeyOf, idempotencyKeyRequired, KEY_RECOMMENDED_
 import type { ResolvedProtocolOptions } from './options.js'
 import type { ResolvedAsyncRoute } from './route.js'
 import { callbackFor, invalidCallback } from './callback.js'
+import { checkSubmitLimits } from './limits.js'
 import { checkTarget } from './webhooks/address.js'
 import { subscriptionsFor } from './webhooks/options.js'
 
@@ -25,6 +26,8 @@ export interface SubmitParts {
   headerValues(name: string): string[]
   /** The request's id in the server's logs, for the handler's logs to carry. */
   requestId?: string
+  /** What the route's `beforeQueue` hook attached, for the handler's `op.context`. */
+  context?: Record<string, unknown>
 }
 
 // Credentials are not stored with the operation: handlers get the other headers.
@@ -96,6 +99,8 @@ export class Submitter {
   }
 
   async submit(access: OperationAccess, route: ResolvedAsyncRoute, parts: SubmitParts): Promise<Submission> {
+    // First of all: the fingerprint and the engine's copy below recurse into what they are given.
+    checkSubmitLimits(parts)
     const engine = this.#engine
     const { idempotencyHeaders, maxActivePerOwner: maxActive, retryAfterSeconds } = this.#opts
     const owner = access.owner
@@ -125,6 +130,8 @@ export class Submitter {
         requestId: parts.requestId,
         ...(callback ? { callback } : {}),
         subscriptions: subscriptionsFor(route.name, callback && route.callback?.events, this.#opts.webhooks),
+        ...(parts.context === undefined ? {} : { context: parts.context }),
+        ...(route.start === 'manual' ? { deferred: true } : {}),
       }
       if (!idempotent) {
         return { op: await engine.submit(route.name, request), headers: { [KEY_RECOMMENDED_HEADER]: 'true' } }

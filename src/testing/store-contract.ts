@@ -2,6 +2,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { LongrunError } from '../core/errors.js'
 import {
   allows,
+  DEFERRED_RUN_AT,
+  isDeferred,
   OPERATION_STATES,
   TRANSITIONS,
   type Action,
@@ -13,9 +15,11 @@ import {
   hasEventFeed,
   hasEventLog,
   hasOutbox,
+  isDeferrable,
   isExclusive,
   isQueryable,
   isTrimmable,
+  type Deferrable,
   type EventFeed,
   type EventLog,
   type Delivery,
@@ -40,6 +44,8 @@ import type {
   Operation,
   OperationError,
   Outcome,
+  StatsQuery,
+  StatsRow,
 } from '../core/types.js'
 
 /** One opened store under test; `cleanup` runs after the contract has closed the store. */
@@ -101,6 +107,10 @@ async function rejection(promise: Promise<unknown>): Promise<unknown> {
   throw new Error('expected a rejection')
 }
 
+/** Stats rows in one order, whatever order a store answers them in. */
+const sortedStats = (rows: StatsRow[]) =>
+  [...rows].sort((x, y) => `${x.name}/${x.state}`.localeCompare(`${y.name}/${y.state}`))
+
 function expectIncreasing(entries: HistoryEntry[]): void {
   for (let i = 1; i < entries.length; i++) expect(entries[i]!.seq).toBeGreaterThan(entries[i - 1]!.seq)
 }
@@ -109,8 +119,8 @@ function expectIncreasing(entries: HistoryEntry[]): void {
  * The conformance suite every `Store` must pass, for a bundled store or anyone else's: call it from
  * a vitest test file with a function that opens a fresh, empty store. Compare-and-set semantics are
  * checked through the public interface only, with plain numbers for `now`, so the suite never
- * sleeps. The cases of an optional capability (`EventLog`, `Queryable`, `Trimmable`, `Exclusive`) run
- * only on stores that have it.
+ * sleeps. The cases of an optional capability (`EventLog`, `Queryable`, `Trimmable`, `Exclusive`,
+ * `Outbox`, `Deferrable`) run only on stores that have it.
  *
  * List cursors: a store answers a cursor it never issued (`'NaN'`, `'abc'`, `'-1'`, `'1.5'`) with an
  * empty page and no `nextCursor`, rather than an error or the first page.
@@ -153,6 +163,47 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
       return settled!
     }
 
+    /**
+     * Checks that `stats` (and `queryStats` without conditions) count exactly what the store holds,
+     * for every owner, state and reader that `queries` name: counted here from a full list.
+     */
+    async function expectExactStats(queries: StatsQuery[] = []): Promise<void> {
+      const all = (await store.list({ limit: 100_000 })).items
+      const owners = [...new Set(all.map((op) => op.owner))]
+      const names = [...new Set(all.map((op) => op.name))]
+      const asked: StatsQuery[] = [
+        {},
+        ...owners.map((owner) => ({ owner })),
+        { owner: 'nobody' },
+        ...OPERATION_STATES.map((state) => ({ states: [state] })),
+        { states: ['queued', 'running'] },
+        ...owners.map((owner) => ({ owner, states: ['queued', 'running'] as OperationState[] })),
+        { readable: { owners: [null], names: [] } },
+        { readable: { owners: [], names: names.slice(0, 1) } },
+        { readable: { owners: owners.slice(0, 2), names: names.slice(-1) } },
+        { readable: { owners: [], names: [] } },
+        ...queries,
+      ]
+      for (const query of asked) {
+        const counts = new Map<string, StatsRow>()
+        for (const op of all) {
+          if (query.owner !== undefined && op.owner !== query.owner) continue
+          if (query.states?.length && !query.states.includes(op.state)) continue
+          const { readable } = query
+          if (readable && !readable.owners.includes(op.owner) && !readable.names.includes(op.name)) continue
+          const key = `${op.name}/${op.state}`
+          const row = counts.get(key) ?? { name: op.name, state: op.state, count: 0 }
+          row.count++
+          counts.set(key, row)
+        }
+        const expected = sortedStats([...counts.values()])
+        expect(sortedStats(await store.stats(query)), JSON.stringify(query)).toEqual(expected)
+        if (isQueryable(store)) {
+          expect(sortedStats(await store.queryStats({ ...query, where: [] })), JSON.stringify(query)).toEqual(expected)
+        }
+      }
+    }
+
     describe('insert and get', () => {
       it('round-trips every field of a new operation', async () => {
         const input = {
@@ -188,6 +239,31 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         }
         expect(await store.insert(fresh)).toStrictEqual(expected)
         expect(await store.get(fresh.id)).toStrictEqual(expected)
+      })
+
+      it('keeps the context with the operation, and reads an operation without one back without one', async () => {
+        const context = { tenant: 'acme', plan: { tier: 2, flags: ['a', 'b'] }, quoted: 'é "x" \\', none: null }
+        const fresh = newOp({ context })
+        const inserted = await store.insert(fresh)
+        expect(inserted.context).toStrictEqual(context)
+        expect((await store.get(fresh.id))!.context).toStrictEqual(context)
+        expect((await store.list({ limit: 10 })).items[0]!.context).toStrictEqual(context)
+        const empty = await store.insert(newOp({ context: {} }))
+        expect((await store.get(empty.id))!.context).toStrictEqual({})
+        const none = await store.insert(newOp())
+        expect(Object.hasOwn(none, 'context')).toBe(false)
+        expect(Object.hasOwn((await store.get(none.id))!, 'context')).toBe(false)
+        const [claimed] = await store.claim('w1', [{ name: 'work', limit: 1 }], LEASE, T0)
+        expect(claimed).toMatchObject({ id: fresh.id, context })
+        const settled = await store.settle(leaseOf(claimed!), { state: 'succeeded', result: 1, expiresAt: T0 }, T0)
+        expect(settled!.context).toStrictEqual(context)
+        const key: IdempotencyKey = { scope: 's', key: 'k', fingerprint: 'f', expiresAt: T0 + 100 }
+        const made = await store.insertIdempotent(newOp({ context: { via: 'key' } }), key, T0)
+        expect(made.kind === 'inserted' && made.op.context).toStrictEqual({ via: 'key' })
+        const replayed = await store.insertIdempotent(newOp(), key, T0 + 1)
+        expect(replayed.kind === 'replayed' && replayed.op.context).toStrictEqual({ via: 'key' })
+        const [next] = await store.claim('w1', [{ name: 'work', limit: 5 }], LEASE, T0 + 1)
+        expect(Object.hasOwn(next!, 'context')).toBe(next!.id !== none.id)
       })
 
       it('round-trips scalar and array inputs', async () => {
@@ -333,6 +409,121 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
 
       it('answers no rows for an empty store', async () => {
         expect(await store.stats({})).toEqual([])
+      })
+
+      it('keeps counts exact across every transition', async () => {
+        await expectExactStats()
+        const a = await store.insert(newOp({ name: 'a', owner: 'alice', maxAttempts: 3 }))
+        await store.insert(newOp({ name: 'a', owner: null }))
+        const b = await store.insert(newOp({ name: 'b', owner: 'bob' }))
+        const c = await store.insert(newOp({ name: 'b', owner: null }))
+        await rejection(store.insert(newOp({ id: a.id, name: 'b', owner: 'carol' })))
+        const key: IdempotencyKey = { scope: 'k', key: 'k', fingerprint: 'f', expiresAt: T0 + RETAIN }
+        await store.insertIdempotent(newOp({ name: 'c', owner: 'carol' }), key, T0)
+        await store.insertIdempotent(newOp({ name: 'c', owner: 'carol' }), key, T0)
+        await expectExactStats()
+        const [a1] = await store.claim('w1', [{ name: 'a', limit: 1 }], LEASE, T0)
+        await expectExactStats()
+        // Its worker died: claimed again, running all along.
+        const [a2] = await store.claim('w2', [{ name: 'a', limit: 1 }], LEASE, T0 + LEASE)
+        expect(a2?.id).toBe(a1!.id)
+        await store.heartbeat(leaseOf(a2!), LEASE, T0 + LEASE)
+        await store.progress(leaseOf(a2!), { percent: 5 }, T0 + LEASE)
+        await store.settle(leaseOf(a2!), { state: 'queued', error: boom, runAt: T0 + LEASE }, T0 + LEASE)
+        await expectExactStats()
+        const [a3] = await store.claim('w1', [{ name: 'a', limit: 1 }], LEASE, T0 + LEASE)
+        await store.release(leaseOf(a3!), T0 + LEASE)
+        await expectExactStats()
+        const [a4] = await store.claim('w1', [{ name: 'a', limit: 1 }], LEASE, T0 + LEASE)
+        await store.cancel(a4!.id, T0 + LEASE, T0 + RETAIN, 'alice') // running: asked to stop
+        await expectExactStats()
+        await store.settle(leaseOf(a4!), { state: 'failed', error: boom, expiresAt: T0 + 100 }, T0 + LEASE)
+        await store.cancel(b.id, T0, T0 + 100, 'bob')
+        await store.cancel(b.id, T0, T0 + 100, 'bob') // already canceled: no change
+        await expectExactStats()
+        await store.requeue(a4!.id, 1, T0 + LEASE)
+        await store.requeue(a4!.id, 1, T0 + LEASE) // already queued: no change
+        await expectExactStats()
+        const done = await finished('succeeded', T0 + 100, { owner: 'dave' })
+        await finished('succeeded', T0 + RETAIN, { owner: 'dave' })
+        await expectExactStats()
+        expect(await store.delete(done.id)).toBe(true)
+        expect(await store.delete(c.id)).toBe(false)
+        await expectExactStats()
+        expect(await store.purge(T0 + 100, 10)).toBe(1)
+        await expectExactStats()
+        if (isTrimmable(store)) {
+          expect(await store.trim({ succeeded: 0 }, 10)).toBe(1)
+          await expectExactStats()
+        }
+        if (isDeferrable(store)) {
+          const later = await store.insert(newOp({ name: 'd', owner: 'erin', deferred: { expiresAt: T0 + 50 } }))
+          await store.insert(newOp({ name: 'd', owner: 'erin', deferred: { expiresAt: T0 + 50 } }))
+          await expectExactStats()
+          await store.start(later.id, T0 + 1, 'erin')
+          await expectExactStats()
+          expect(await store.purge(T0 + 50, 10)).toBe(1)
+          await expectExactStats()
+        }
+        // Everything gone: no rows, rather than rows of zero.
+        const live = (await store.list({ limit: 1_000, states: ['queued', 'running'] })).items
+        const wants = [...new Set(live.map((op) => op.name))].map((name) => ({ name, limit: 100 }))
+        for (const op of await store.claim('w9', wants, LEASE, T0 + 1e9)) {
+          await store.settle(leaseOf(op), { state: 'succeeded', result: 1, expiresAt: T0 }, T0 + 1e9)
+        }
+        await store.purge(T0 + 1e9, 1_000)
+        expect(await store.stats({})).toEqual([])
+        await expectExactStats()
+      })
+
+      it('keeps counts exact under concurrent inserts, claims, outcomes, cancels and retries', async () => {
+        const owners = ['alice', 'bob', null, 'carol']
+        const inserted = await Promise.all(
+          Array.from({ length: 60 }, (_, i) =>
+            store.insert(newOp({ name: i % 3 === 0 ? 'x' : 'y', owner: owners[i % owners.length]! })),
+          ),
+        )
+        await expectExactStats()
+        const claims = await Promise.all(
+          Array.from({ length: 6 }, (_, w) =>
+            store.claim(
+              `w${w}`,
+              [
+                { name: 'x', limit: 3 },
+                { name: 'y', limit: 4 },
+              ],
+              LEASE,
+              T0,
+            ),
+          ),
+        )
+        const claimed = claims.flat()
+        expect(new Set(ids(claimed)).size).toBe(claimed.length)
+        const held = new Set(ids(claimed))
+        const queued = inserted.filter((op) => !held.has(op.id))
+        await Promise.all([
+          ...claimed.map((op, i) =>
+            store.settle(
+              leaseOf(op),
+              i % 3 === 0
+                ? { state: 'succeeded', result: i, expiresAt: T0 + RETAIN }
+                : i % 3 === 1
+                  ? { state: 'failed', error: boom, expiresAt: T0 + RETAIN }
+                  : { state: 'queued', error: boom, runAt: T0 },
+              T0 + 1,
+            ),
+          ),
+          ...queued.slice(0, 10).map((op) => store.cancel(op.id, T0 + 1, T0 + RETAIN)),
+          store.claim('late', [{ name: 'y', limit: 5 }], LEASE, T0 + 1),
+        ])
+        await expectExactStats()
+        const finishedOnes = (await store.list({ limit: 1_000, states: ['failed', 'canceled'] })).items
+        await Promise.all([
+          ...finishedOnes.map((op) => store.requeue(op.id, 1, T0 + 2)),
+          ...finishedOnes.map((op) => store.requeue(op.id, 1, T0 + 2)),
+          ...Array.from({ length: 3 }, (_, w) => store.claim(`v${w}`, [{ name: 'x', limit: 10 }], LEASE, T0 + 2)),
+        ])
+        await expectExactStats()
       })
     })
 
@@ -1841,6 +2032,130 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         expect(await t.trim({ succeeded: 2 }, 100)).toBe(1)
         expect(await remaining()).toEqual(ids([t2, t3]).sort())
         expect(t1.id).not.toBe(t2.id)
+      })
+    })
+
+    describe('deferred operations', () => {
+      let d: Store & Deferrable
+
+      beforeEach(({ skip }) => {
+        if (!isDeferrable(store)) skip()
+        d = store as Store & Deferrable
+      })
+
+      const deferredOp = (overrides: Partial<NewOperation> = {}) =>
+        newOp({ deferred: { expiresAt: T0 + 500 }, ...overrides })
+
+      it('stores a deferred operation queued, due never, with its expiry; no claim takes it', async () => {
+        const fresh = deferredOp({ context: { a: 1 } })
+        const op = await store.insert(fresh)
+        const { deferred: _deferred, callback: _callback, ...fields } = structuredClone(fresh)
+        const expected: Operation = {
+          ...fields,
+          state: 'queued',
+          progress: { percent: 0 },
+          attempt: 0,
+          cancelRequested: false,
+          runAt: DEFERRED_RUN_AT,
+          expiresAt: T0 + 500,
+        }
+        expect(op).toStrictEqual(expected)
+        expect(await store.get(op.id)).toStrictEqual(expected)
+        expect(isDeferred(op)).toBe(true)
+        const key: IdempotencyKey = { scope: 's', key: 'k', fingerprint: 'f', expiresAt: T0 + 100 }
+        const made = await store.insertIdempotent(deferredOp(), key, T0)
+        expect(made.kind === 'inserted' && isDeferred(made.op) && made.op.expiresAt).toBe(T0 + 500)
+        expect(await store.claim('w1', [{ name: 'work', limit: 10 }], LEASE, 8_000_000_000_000_000)).toEqual([])
+        expect((await store.history(op.id)).map((e) => e.event)).toEqual(['submitted'])
+      })
+
+      it('starts one: due at now, its expiry cleared, queued recorded with the actor; then claimed', async () => {
+        const op = await store.insert(deferredOp())
+        const waiting = await store.insert(newOp({ createdAt: T0 + 5 }))
+        const started = await d.start(op.id, T0 + 10, 'bob')
+        const { expiresAt: _expiresAt, ...waitingFields } = op
+        expect(started).toStrictEqual({ ...waitingFields, runAt: T0 + 10 })
+        expect(await store.get(op.id)).toStrictEqual(started)
+        expect(unnumbered(await store.history(op.id))).toStrictEqual([
+          { at: T0, event: 'submitted', attempt: 0, actor: 'alice' },
+          { at: T0 + 10, event: 'queued', attempt: 0, actor: 'bob' },
+        ])
+        if (hasEventLog(store)) {
+          expect((await store.events(op.id, { limit: 10 })).map((e) => e.event)).toEqual(['submitted', 'queued'])
+        }
+        expect(await store.claim('w1', [{ name: 'work', limit: 10 }], LEASE, T0 + 9)).toMatchObject([
+          { id: waiting.id },
+        ])
+        expect(ids(await store.claim('w1', [{ name: 'work', limit: 10 }], LEASE, T0 + 10))).toEqual([op.id])
+        // An anonymous start.
+        const other = await store.insert(deferredOp())
+        await d.start(other.id, T0 + 20)
+        expect((await store.history(other.id))[1]).toMatchObject({ event: 'queued', actor: null })
+      })
+
+      it('answers an operation that is not deferred as it is, and undefined for none', async () => {
+        const queued = await store.insert(newOp())
+        const run = await running({ name: 'other' })
+        const done = await finished('succeeded')
+        const once = await store.insert(deferredOp())
+        await d.start(once.id, T0 + 1, 'alice')
+        for (const op of [queued, run, done, once]) {
+          const before = await store.get(op.id)
+          const history = await store.history(op.id)
+          expect(await d.start(op.id, T0 + 2, 'bob'), op.id).toStrictEqual(before)
+          expect(await store.get(op.id)).toStrictEqual(before)
+          expect(await store.history(op.id)).toStrictEqual(history)
+        }
+        expect(await d.start('nope', T0, 'bob')).toBeUndefined()
+      })
+
+      it('records one start of many concurrent ones', async () => {
+        const op = await store.insert(deferredOp())
+        const answers = await Promise.all(Array.from({ length: 12 }, (_, i) => d.start(op.id, T0 + 1 + i, `u${i}`)))
+        const events = (await store.history(op.id)).filter((e) => e.event === 'queued')
+        expect(events).toHaveLength(1)
+        const now = await store.get(op.id)
+        expect(now!.runAt).toBe(events[0]!.at)
+        for (const answer of answers) expect(answer).toStrictEqual(now)
+      })
+
+      it('purges one never started once its expiry passed, with its history and events; a started one stays', async () => {
+        const stale = await store.insert(deferredOp({ deferred: { expiresAt: T0 + 100 } }))
+        const later = await store.insert(deferredOp({ deferred: { expiresAt: T0 + 200 } }))
+        const started = await store.insert(deferredOp({ deferred: { expiresAt: T0 + 100 } }))
+        await d.start(started.id, T0 + 50)
+        expect(await store.purge(T0 + 99, 10)).toBe(0)
+        expect(await store.purge(T0 + 100, 10)).toBe(1)
+        expect(await store.get(stale.id)).toBeUndefined()
+        expect(await store.history(stale.id)).toEqual([])
+        if (hasEventLog(store)) expect(await store.events(stale.id, { limit: 10 })).toEqual([])
+        expect(await store.get(later.id)).toBeDefined()
+        expect(await store.get(started.id)).toMatchObject({ state: 'queued', runAt: T0 + 50 })
+        expect(await store.purge(T0 + 1e12, 10)).toBe(1)
+        expect(ids((await store.list({ limit: 10 })).items)).toEqual([started.id])
+      })
+
+      it('cancels one as any queued operation; delete and trim leave it', async () => {
+        const kept = await store.insert(deferredOp({ name: 'trim' }))
+        const op = await store.insert(deferredOp())
+        expect(await store.delete(op.id)).toBe(false)
+        if (isTrimmable(store)) expect(await store.trim({ succeeded: 0, failed: 0, canceled: 0 }, 10)).toBe(0)
+        const canceled = await store.cancel(op.id, T0 + 3, T0 + RETAIN, 'bob')
+        expect(canceled).toMatchObject({ state: 'canceled', completedAt: T0 + 3, expiresAt: T0 + RETAIN })
+        expect((await store.history(op.id)).map((e) => e.event)).toEqual(['submitted', 'canceled'])
+        expect(await d.start(op.id, T0 + 4)).toStrictEqual(canceled)
+        expect(await store.get(kept.id)).toMatchObject({ state: 'queued', runAt: DEFERRED_RUN_AT })
+      })
+
+      it("writes a message for a subscription to 'queued' when it starts", async ({ skip }) => {
+        if (!hasOutbox(store)) skip()
+        const box = store as Store & Outbox
+        const op = await store.insert(deferredOp({ subscriptions: [{ target: 'ep_1', events: ['queued'] }] }))
+        expect(await box.claimMessages('s1', 10, LEASE, T0 + 100)).toEqual([])
+        await d.start(op.id, T0 + 10, 'bob')
+        const [message, ...rest] = await box.claimMessages('s1', 10, LEASE, T0 + 100)
+        expect(rest).toEqual([])
+        expect(message).toMatchObject({ operationId: op.id, event: 'queued', at: T0 + 10, target: 'ep_1' })
       })
     })
 

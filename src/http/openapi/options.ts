@@ -19,7 +19,8 @@ export interface ResolvedDocsOptions {
 export function resolveDocsOptions(input: DocsOptions | boolean | undefined): ResolvedDocsOptions | undefined {
   if (input === undefined || input === false) return undefined
   const options = input === true ? {} : input
-  if (typeof options !== 'object' || options === null) throw invalidOption('docs', 'must be true, false or { path?, page?, info? }')
+  if (typeof options !== 'object' || options === null)
+    throw invalidOption('docs', 'must be true, false or { path?, page?, info? }')
   const path = (options.path ?? '/docs').replace(/\/+$/, '')
   if (!path.startsWith('/')) throw invalidOption('docs.path', "must start with '/'")
   return {

@@ -1,7 +1,8 @@
 import { canceledError, duplicateOperationId } from '../../core/errors.js'
-import { allows, canCancel, isTerminal, type TerminalState } from '../../core/operation.js'
+import { allows, canCancel, DEFERRED_RUN_AT, isDeferred, isTerminal, type TerminalState } from '../../core/operation.js'
 import type { Condition } from '../../core/query.js'
 import type {
+  Deferrable,
   EventFeed,
   EventLog,
   FeedEntry,
@@ -64,12 +65,13 @@ interface Message {
   leaseExpiresAt?: number
 }
 
-export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimmable, Outbox {
+export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimmable, Outbox, Deferrable {
   // Insertion order is `seq` order, which list() walks backwards for newest first.
   readonly #entries = new Map<string, Entry>()
   readonly #history = new Map<string, HistoryEntry[]>()
   readonly #keys = new Map<string, { fingerprint: string; operationId: string; expiresAt: number }>()
-  // Queued and running operations by name: claims look at these only, however many finished ones are kept.
+  // Queued and running operations by name: claims look at these only, however many finished (or
+  // deferred) ones are kept.
   readonly #live = new Map<string, Set<Operation>>()
   #seq = 0
   // One sequence for the events of every operation, as the SQL stores have: increasing per operation.
@@ -86,15 +88,18 @@ export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimm
 
   #insert(input: NewOperation): Operation {
     if (this.#entries.has(input.id)) throw duplicateOperationId(input.id)
-    const { callback, ...fields } = input
+    const { callback, deferred, context, ...fields } = input
     const op: Operation = {
       ...structuredClone(fields),
+      // Absent reads back as absent, as from the SQL stores' NULL.
+      ...(context === undefined ? {} : { context: structuredClone(context) }),
       ...(callback ? { callback: newCallback(callback) } : {}),
       state: 'queued',
       progress: { percent: 0 },
       attempt: 0,
       cancelRequested: false,
-      runAt: input.createdAt,
+      runAt: deferred ? DEFERRED_RUN_AT : input.createdAt,
+      ...(deferred ? { expiresAt: deferred.expiresAt } : {}),
     }
     this.#entries.set(op.id, { seq: ++this.#seq, op })
     this.#track(op)
@@ -348,6 +353,18 @@ export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimm
     return structuredClone(op)
   }
 
+  async start(id: string, now: number, actor: string | null = null): Promise<Operation | undefined> {
+    const op = this.#entries.get(id)?.op
+    if (!op) return undefined
+    if (isDeferred(op)) {
+      this.#record(op, { at: now, event: 'queued', attempt: op.attempt, actor })
+      op.runAt = now
+      delete op.expiresAt
+      this.#track(op)
+    }
+    return structuredClone(op)
+  }
+
   async delete(id: string): Promise<boolean> {
     const op = this.#entries.get(id)?.op
     if (!op || !allows('delete', op.state)) return false
@@ -359,7 +376,8 @@ export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimm
     const purged = new Set<string>()
     for (const [id, { op }] of this.#entries) {
       if (purged.size === limit) break
-      if (isTerminal(op.state) && op.expiresAt !== undefined && op.expiresAt <= now) purged.add(id)
+      // Finished ones, and deferred ones never started: the only others with an `expiresAt`.
+      if ((isTerminal(op.state) || isDeferred(op)) && op.expiresAt !== undefined && op.expiresAt <= now) purged.add(id)
     }
     if (purged.size > 0) this.#forget(purged)
     for (const [slot, used] of this.#keys) if (used.expiresAt <= now) this.#keys.delete(slot)
@@ -403,9 +421,12 @@ export class MemoryStore implements Store, EventLog, EventFeed, Queryable, Trimm
 
   async close(): Promise<void> {}
 
+  /** Always answers: the process is the store. */
+  async ping(): Promise<void> {}
+
   #track(op: Operation): void {
     let live = this.#live.get(op.name)
-    if (!isTerminal(op.state)) {
+    if (!isTerminal(op.state) && !isDeferred(op)) {
       if (!live) this.#live.set(op.name, (live = new Set()))
       live.add(op)
     } else {

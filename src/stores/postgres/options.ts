@@ -1,6 +1,7 @@
 import type pg from 'pg'
 import type { Logger } from '../../core/logger.js'
 import type {
+  Deferrable,
   EventFeed,
   EventLog,
   Exclusive,
@@ -34,7 +35,7 @@ export interface PostgresStoreOptions extends pg.PoolConfig {
 }
 
 /** A PostgreSQL store; `ready()` surfaces a failed migration (e.g. `schema-too-new`) at startup. */
-export interface PostgresStore extends Store, EventLog, EventFeed, Queryable, Trimmable, Exclusive, Outbox {
+export interface PostgresStore extends Store, EventLog, EventFeed, Queryable, Trimmable, Exclusive, Outbox, Deferrable {
   readonly schema: string
   /** Resolves once the schema is migrated; rejects as every other call would (e.g. `schema-too-new`). */
   ready(): Promise<void>

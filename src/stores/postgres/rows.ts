@@ -27,6 +27,7 @@ export interface Row {
   query: Record<string, unknown>
   headers: Record<string, string>
   request_id: string | null
+  context: Record<string, unknown> | null
   progress: Progress
   result: unknown
   error: OperationError | null
@@ -81,10 +82,13 @@ export function newRow(op: NewOperation) {
     query: op.query,
     headers: op.headers,
     requestId: op.requestId ?? null,
+    context: op.context ?? null,
     maxAttempts: op.maxAttempts,
     cancelable: op.cancelable,
     timeoutMs: op.timeoutMs,
     createdAt: op.createdAt,
+    /** Set for a deferred operation: it waits past any clock until started. */
+    deferredExpiresAt: op.deferred?.expiresAt ?? null,
     callback: op.callback ?? null,
     subscriptions: op.subscriptions ?? null,
   }
@@ -166,6 +170,7 @@ export function toOperation(row: Row): Operation {
     runAt: row.run_at,
   }
   if (row.request_id !== null) op.requestId = row.request_id
+  if (row.context !== null) op.context = row.context
   // JSONB null and SQL NULL read back alike: a result exists exactly when the operation succeeded.
   if (row.state === 'succeeded') op.result = row.result
   if (row.error !== null) op.error = row.error

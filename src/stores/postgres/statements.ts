@@ -1,7 +1,10 @@
+import { DEFERRED_RUN_AT } from '../../core/operation.js'
 import type { StatsQuery } from '../../core/types.js'
 
 // Where `delete` and `purge` apply: the states TRANSITIONS.delete lists (src/core/operation.ts).
 const FINISHED = `state IN ('succeeded', 'failed', 'canceled')`
+// Created to start later and not started yet (isDeferred in src/core/operation.ts).
+const DEFERRED = `state = 'queued' AND run_at = ${DEFERRED_RUN_AT}`
 
 // Epoch milliseconds now, on the server's clock.
 const DATABASE_NOW = `(extract(epoch from clock_timestamp()) * 1000)::bigint`
@@ -17,11 +20,14 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
   const heartbeatNow = leaseClock === 'database' ? DATABASE_NOW : 'i.now'
   // Operations as JSON documents (see newRow), inserted in array order so that `seq` follows it.
   const insertRows = `
-    INSERT INTO ${ops} (id, name, state, owner, input, params, query, headers, request_id, max_attempts,
-      cancelable, timeout_ms, created_at, run_at, callback, subscriptions, callback_state, callback_attempts)
+    INSERT INTO ${ops} (id, name, state, owner, input, params, query, headers, request_id, context, max_attempts,
+      cancelable, timeout_ms, created_at, run_at, expires_at, callback, subscriptions, callback_state,
+      callback_attempts)
     SELECT e->>'id', e->>'name', 'queued', e->>'owner', e->'input', e->'params', e->'query', e->'headers',
-      e->>'requestId', (e->>'maxAttempts')::int, (e->>'cancelable')::boolean, (e->>'timeoutMs')::bigint,
-      (e->>'createdAt')::bigint, (e->>'createdAt')::bigint, nullif(e->'callback', 'null'),
+      e->>'requestId', nullif(e->'context', 'null'), (e->>'maxAttempts')::int, (e->>'cancelable')::boolean,
+      (e->>'timeoutMs')::bigint, (e->>'createdAt')::bigint,
+      CASE WHEN e->>'deferredExpiresAt' IS NULL THEN (e->>'createdAt')::bigint ELSE ${DEFERRED_RUN_AT} END,
+      (e->>'deferredExpiresAt')::bigint, nullif(e->'callback', 'null'),
       nullif(e->'subscriptions', 'null'), CASE WHEN jsonb_typeof(e->'callback') = 'object' THEN 'pending' END,
       CASE WHEN jsonb_typeof(e->'callback') = 'object' THEN 0 END`
   // Records `submitted` for each row of the CTE `inserted`; the owner is its actor.
@@ -233,6 +239,18 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
       )
       SELECT * FROM queued`,
 
+    // $1 id, $2 now, $3 actor. Only the operation it started: the caller reads any other afresh.
+    start: `
+      WITH started AS (
+        UPDATE ${ops} SET run_at = $2, expires_at = NULL WHERE id = $1 AND ${DEFERRED}
+        RETURNING *
+      ),
+      recorded AS (
+        INSERT INTO ${events} (operation_id, at, event, attempt, actor, has_actor)
+        SELECT id, $2::bigint, 'queued', attempt, $3::text, true FROM started
+      )
+      SELECT * FROM started`,
+
     delete: `
       WITH deleted AS (DELETE FROM ${ops} WHERE id = $1 AND ${FINISHED} RETURNING id),
       history AS (DELETE FROM ${events} WHERE operation_id IN (SELECT id FROM deleted)),
@@ -240,11 +258,14 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
       ${forgetMessages}
       SELECT count(*)::int AS n FROM deleted`,
 
-    // $1 now, $2 limit. SKIP LOCKED: nodes purging at the same time share the work.
+    // $1 now, $2 limit. SKIP LOCKED: nodes purging at the same time share the work. Finished
+    // operations, and deferred ones never started: the rows of the expiry index. FOR UPDATE checks
+    // the row again as it is once locked: a deferred operation started meanwhile is no longer due.
     purge: `
       WITH deleted AS (
         DELETE FROM ${ops} WHERE seq IN (
-          SELECT seq FROM ${ops} WHERE expires_at <= $1 AND ${FINISHED} LIMIT $2 FOR UPDATE SKIP LOCKED
+          SELECT seq FROM ${ops} WHERE expires_at <= $1 AND (${FINISHED} OR (${DEFERRED})) LIMIT $2
+          FOR UPDATE SKIP LOCKED
         )
         RETURNING id
       ),
@@ -353,8 +374,11 @@ export function statements(schema: string, leaseClock: 'database' | 'caller') {
   }
 }
 
-/** The filters list and stats share (states, owner, what the caller may read), as SQL with `$n` arguments. */
-export function filters(query: StatsQuery) {
+/**
+ * The filters list and stats share (states, owner, what the caller may read), as SQL with `$n`
+ * arguments; on the columns of `operations`, or with `counters` on those of `operation_counts`.
+ */
+export function filters(query: StatsQuery, { counters = false } = {}) {
   const where: string[] = []
   const args: unknown[] = []
   const arg = (value: unknown) => {
@@ -362,8 +386,16 @@ export function filters(query: StatsQuery) {
     return `$${args.length}`
   }
   // `owner = $n` rather than IS NOT DISTINCT FROM, which no index serves.
-  const ownerIs = (owner: string | null) => (owner === null ? 'owner IS NULL' : `owner = ${arg(owner)}`)
-  if (query.states?.length) where.push(`state = ANY(${arg(query.states)}::text[])`)
+  const ownerIs = counters
+    ? // Anonymous counts have owner '': named too, so that the owner index serves either.
+      (owner: string | null) =>
+        owner === null ? `(anonymous AND owner = '')` : `(NOT anonymous AND owner = ${arg(owner)})`
+    : (owner: string | null) => (owner === null ? 'owner IS NULL' : `owner = ${arg(owner)}`)
+  // One state as `=`, so that its (state, seq) index gives a page in order: with ANY the planner
+  // cannot count on that order, and reads the whole table backwards past the other states instead
+  // (24 ms rather than 0.4 ms for a page of the 1% queued among 1,000,000).
+  if (query.states?.length === 1) where.push(`state = ${arg(query.states[0])}::text`)
+  else if (query.states?.length) where.push(`state = ANY(${arg(query.states)}::text[])`)
   if (query.owner !== undefined) where.push(ownerIs(query.owner))
   if (query.readable) {
     const { owners, names } = query.readable

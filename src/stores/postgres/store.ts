@@ -38,6 +38,7 @@ import { cursorPosition } from '../cursor.js'
 import { stateAfter, toMessage, type MessageRow } from '../outbox.js'
 import { keptCounts } from '../query.js'
 import { driver } from './driver.js'
+import { postgresFault, storeUnavailable } from './faults.js'
 import { Batch, Lane } from './lane.js'
 import { NoticeListener } from './listener.js'
 import { migrate } from './migrations.js'
@@ -69,6 +70,10 @@ interface PendingInsert {
 const FEED_PATIENCE_MS = 250
 const SCHEMA_PATTERN = /^[a-z_][a-z0-9_]{0,47}$/
 const INT8_OID = 20
+// How long a call waits for a connection (a new one, or a free one of the pool) unless the options say otherwise.
+const CONNECT_TIMEOUT_MS = 10_000
+// How long `ping` waits for `SELECT 1`.
+const PING_TIMEOUT_MS = 2_000
 
 export class PgStore implements PostgresStore {
   readonly schema: string
@@ -123,7 +128,12 @@ export class PgStore implements PostgresStore {
       },
       options: [config.options, `-c longrun.origin=${this.#origin}`].filter(Boolean).join(' '),
     }
-    this.#pool = new driver.Pool({ ...config, ...this.#clientConfig })
+    this.#pool = new driver.Pool({
+      // A server that vanished without closing its sockets must not hold requests forever.
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      ...config,
+      ...this.#clientConfig,
+    })
     // An idle connection that breaks is dropped by the pool; without a listener it would crash the process.
     this.#pool.on('error', (err) => this.#logger.warn({ err }, 'longrun: idle PostgreSQL connection failed'))
     const batches = this.#batches()
@@ -351,6 +361,13 @@ export class PgStore implements PostgresStore {
   }
 
   async #stats(query: StatsQuery, conditions: readonly Condition[]): Promise<StatsRow[]> {
+    if (conditions.length === 0) {
+      // The counters the triggers of migration 10 keep: a few rows per group, whatever the operations.
+      const { where, args } = filters(query, { counters: true })
+      const sql = `SELECT name, state, sum(count)::int AS count FROM ${this.schema}.operation_counts
+        ${where.length ? `WHERE ${where.join(' AND ')}` : ''} GROUP BY name, state HAVING sum(count) > 0`
+      return this.#run<StatsRow>(sql, args)
+    }
     const { where, args, arg } = filters(query)
     where.push(...conditionTerms(conditions, arg))
     const sql = `SELECT name, state, count(*)::int AS count FROM ${this.schema}.operations
@@ -487,6 +504,13 @@ export class PgStore implements PostgresStore {
     return row && toOperation(row)
   }
 
+  async start(id: string, now: number, actor: string | null = null): Promise<Operation | undefined> {
+    const [started] = await this.#run<Row>(this.#sql.start, [id, now, actor])
+    // Not deferred (or no longer: a concurrent start won): read in a statement of its own, which
+    // sees what that start committed.
+    return started ? toOperation(started) : this.get(id)
+  }
+
   async delete(id: string): Promise<boolean> {
     const [row] = await this.#run<{ n: number }>(this.#sql.delete, [id])
     return row!.n === 1
@@ -559,7 +583,7 @@ export class PgStore implements PostgresStore {
     try {
       client = await this.#pool.connect()
     } catch (err) {
-      throw storeError(err)
+      throw storeError(postgresFault(err))
     }
     // A connection whose unlock failed is closed rather than pooled: closing it frees the lock.
     let broken: Error | undefined
@@ -573,7 +597,7 @@ export class PgStore implements PostgresStore {
         locked = rows[0]!.locked
       } catch (err) {
         broken = err as Error
-        throw storeError(err)
+        throw storeError(postgresFault(err))
       }
       if (!locked) return undefined
       try {
@@ -660,10 +684,41 @@ export class PgStore implements PostgresStore {
     return promise
   }
 
+  /**
+   * Every statement of this store but those of `exclusively` runs here: a failure for want of the
+   * database (down, restarting, unreachable, full) leaves as `store-unavailable` or `storage-full`
+   * (./faults.ts), whichever call issued it.
+   */
   async #query<R>(text: string, values: unknown[]): Promise<R[]> {
-    await this.#whenMigrated()
-    const result = await this.#pool.query(text, values)
-    return result.rows as R[]
+    try {
+      await this.#whenMigrated()
+      const result = await this.#pool.query(text, values)
+      return result.rows as R[]
+    } catch (err) {
+      throw postgresFault(err)
+    }
+  }
+
+  /**
+   * Resolves when the database answers `SELECT 1` within 2 s on a migrated schema; rejects with
+   * `store-unavailable` otherwise (or with the migration's own error, e.g. `schema-too-new`).
+   */
+  async ping(): Promise<void> {
+    if (this.#closing) throw storeClosed()
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(storeUnavailable(new Error(`no answer to SELECT 1 within ${PING_TIMEOUT_MS} ms`))),
+        PING_TIMEOUT_MS,
+      )
+    })
+    try {
+      await Promise.race([this.#track(this.#query('SELECT 1', [])), timeout])
+    } catch (err) {
+      throw postgresFault(err)
+    } finally {
+      clearTimeout(timer)
+    }
   }
 }
 

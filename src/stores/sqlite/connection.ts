@@ -1,6 +1,7 @@
 import Database, { type Statement } from 'better-sqlite3'
 import { schemaTooNew } from '../../core/errors.js'
 import type { DeliveryState, HistoryEntry, HistoryEvent, Operation, OperationState } from '../../core/types.js'
+import { classified } from './faults.js'
 import { MIGRATIONS } from './migrations.js'
 
 // Opening a connection, the schema migrations, statement caching and the mapping of rows to
@@ -8,13 +9,22 @@ import { MIGRATIONS } from './migrations.js'
 
 export type Synchronous = 'FULL' | 'NORMAL'
 
+export const BUSY_TIMEOUT_MS = 5_000
+/**
+ * What a checkpoint leaves of the write-ahead log when it grew beyond (e.g. during a burst, or
+ * while a reader held old pages): about one automatic checkpoint's worth (1,000 pages of 4 KiB), so
+ * that the log of a steady load is reused rather than truncated and grown again on every cycle.
+ */
+export const WAL_SIZE_LIMIT_BYTES = 4_194_304 // 4 MiB
+
 /** Opens `path` in WAL mode; closes it again when a pragma fails. */
 export function openConnection(path: string, synchronous: Synchronous): Database.Database {
   const db = new Database(path)
   try {
     db.pragma('journal_mode = WAL')
     db.pragma(`synchronous = ${synchronous === 'NORMAL' ? 'NORMAL' : 'FULL'}`)
-    db.pragma('busy_timeout = 5000')
+    db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`)
+    db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`)
     return db
   } catch (err) {
     db.close()
@@ -43,7 +53,7 @@ function preparedOnce<T>(db: Database.Database, make: (statement: Statement) => 
   return (sql) => {
     let made = prepared.get(sql)
     if (made === undefined) {
-      made = make(db.prepare(sql))
+      made = make(classified(db.prepare(sql)))
       prepared.set(sql, made)
     }
     return made
@@ -65,6 +75,7 @@ export interface Row {
   query: string
   headers: string
   request_id: string | null
+  context: string | null
   progress: string
   result: string | null
   error: string | null
@@ -172,6 +183,7 @@ export class OperationQuery {
       runAt: v[at.run_at] as number,
     }
     if (v[at.request_id] !== null) op.requestId = v[at.request_id] as string
+    if (v[at.context] !== null) op.context = JSON.parse(v[at.context] as string)
     if (v[at.result] !== null) op.result = JSON.parse(v[at.result] as string)
     if (v[at.error] !== null) op.error = JSON.parse(v[at.error] as string)
     if (v[at.started_at] !== null) op.startedAt = v[at.started_at] as number

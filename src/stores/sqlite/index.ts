@@ -1,4 +1,4 @@
-import type { EventFeed, EventLog, Outbox, Queryable, Store, Trimmable } from '../../core/store.js'
+import type { Deferrable, EventFeed, EventLog, Outbox, Queryable, Store, Trimmable } from '../../core/store.js'
 import type { SqliteStoreOptions } from './options.js'
 import { SqliteStore } from './store.js'
 
@@ -12,6 +12,6 @@ export type { SqliteStoreOptions } from './options.js'
  */
 export function sqliteStore(
   options: SqliteStoreOptions,
-): Store & EventLog & EventFeed & Queryable & Trimmable & Outbox {
+): Store & EventLog & EventFeed & Queryable & Trimmable & Outbox & Deferrable {
   return new SqliteStore(options)
 }

@@ -1,10 +1,11 @@
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, statfsSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type Database from 'better-sqlite3'
 import type { Statement } from 'better-sqlite3'
 import { storeClosed } from '../../core/errors.js'
 import type { Condition } from '../../core/query.js'
 import type {
+  Deferrable,
   Delivery,
   DeliveryAttempt,
   EventFeed,
@@ -42,6 +43,7 @@ import type {
 import { cursorPosition } from '../cursor.js'
 import { keptCounts } from '../query.js'
 import {
+  BUSY_TIMEOUT_MS,
   EVENT_COLUMNS,
   migrate,
   openConnection,
@@ -50,6 +52,7 @@ import {
   toHistoryEntry,
   type EventValues,
 } from './connection.js'
+import { classified, isFull, sqliteFault, storageFull } from './faults.js'
 import type { SqliteStoreOptions } from './options.js'
 import { conditions as conditionTerms } from './query.js'
 import { DURABLE, findIdempotent, LOSABLE, SqliteWrites, type Settled, type WriteCall } from './writes.js'
@@ -59,7 +62,7 @@ interface PendingWrite extends WriteCall {
   reject: (reason: unknown) => void
 }
 
-export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimmable, Outbox {
+export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimmable, Outbox, Deferrable {
   readonly #db: Database.Database
   readonly #sql: ReturnType<typeof statementCache>
   readonly #ops: ReturnType<typeof operationQueries>
@@ -70,10 +73,21 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
   #pending: PendingWrite[] = []
   #flushScheduled = false
   #closing: Promise<void> | undefined
+  /** The last group commit failed for want of disk space, and none succeeded since: see #reclaim. */
+  #full = false
+  /** The folder of the database file, whose free space `ping` reads after a full disk; none in memory. */
+  readonly #folder: string | undefined
+  #lastReclaim = 0
+  /** Something was committed since the last periodic checkpoint. */
+  #written = false
+  /** Whether the last periodic checkpoint found less than LOW_SPACE_BYTES free. */
+  #lowSpace = false
+  readonly #checkpoints: NodeJS.Timeout
 
   constructor(options: SqliteStoreOptions) {
     const synchronous = options.synchronous === 'NORMAL' ? 'NORMAL' : 'FULL'
     if (options.path !== ':memory:' && options.path !== '') mkdirSync(dirname(options.path), { recursive: true })
+    this.#folder = options.path !== ':memory:' && options.path !== '' ? dirname(options.path) : undefined
     const db = openConnection(options.path, synchronous)
     try {
       // Synchronously, so that a file it refuses fails the call.
@@ -86,15 +100,19 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
     this.#db = db
     this.#sql = statementCache(db)
     this.#ops = operationQueries(db)
-    this.#history = db
-      .prepare(
+    this.#history = classified(
+      db.prepare(
         `SELECT ${EVENT_COLUMNS} FROM operation_events WHERE operation_id = ? AND event <> 'progress' ORDER BY seq`,
-      )
-      .raw(true)
-    this.#events = db
-      .prepare(`SELECT ${EVENT_COLUMNS} FROM operation_events WHERE operation_id = ? AND seq > ? ORDER BY seq LIMIT ?`)
-      .raw(true)
+      ),
+    ).raw(true)
+    this.#events = classified(
+      db.prepare(
+        `SELECT ${EVENT_COLUMNS} FROM operation_events WHERE operation_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
+      ),
+    ).raw(true)
     this.#writes = new SqliteWrites(db, synchronous)
+    this.#adaptToSpace()
+    this.#checkpoints = setInterval(this.#checkpoint, CHECKPOINT_EVERY_MS).unref()
   }
 
   insert(op: NewOperation): Promise<Operation> {
@@ -189,6 +207,13 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
   }
 
   #stats(query: StatsQuery, conditions: readonly Condition[]): StatsRow[] {
+    if (conditions.length === 0) {
+      // The counters the triggers of migration 9 keep: as many rows as groups, whatever the operations.
+      const { where, args } = filters(query, COUNTER_OWNER)
+      const sql = `SELECT name, state, sum(count) AS count FROM operation_counts
+                   ${where.length ? `WHERE ${where.join(' AND ')}` : ''} GROUP BY name, state HAVING sum(count) > 0`
+      return this.#sql(sql).all(...args) as StatsRow[]
+    }
     const { where, args } = filters(query)
     const matching = conditionTerms(conditions)
     where.push(...matching.where)
@@ -224,6 +249,10 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
 
   requeue(id: string, attempts: number, now: number, actor: string | null = null): Promise<Operation | undefined> {
     return this.#write((w) => w.requeue(id, attempts, now, actor), DURABLE)
+  }
+
+  start(id: string, now: number, actor: string | null = null): Promise<Operation | undefined> {
+    return this.#write((w) => w.start(id, now, actor), DURABLE)
   }
 
   delete(id: string): Promise<boolean> {
@@ -295,11 +324,88 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
   /** Commits the writes issued before it, then closes the database. */
   close(): Promise<void> {
     this.#closing ??= new Promise<void>((resolve) => {
+      clearInterval(this.#checkpoints)
       this.#flush()
       this.#db.close()
       resolve()
     })
     return this.#closing
+  }
+
+  /**
+   * Resolves when the database file can be read, unless the disk was full at the last group commit
+   * of a durable write and none succeeded since: then it first gives the write-ahead log's space
+   * back (#reclaim), and rejects with `storage-full` until that worked and the file system has
+   * MIN_FREE_BYTES free (so that readiness turns green again without waiting for traffic).
+   * `store-unavailable` when the file cannot be read.
+   */
+  async ping(): Promise<void> {
+    if (this.#closing) throw storeClosed()
+    this.#sql(`SELECT 1 FROM operations LIMIT 1`).get()
+    if (!this.#full) return
+    if (!this.#reclaim(true) || this.#freeBytes() < MIN_FREE_BYTES) throw storageFull()
+    this.#full = false
+  }
+
+  #freeBytes(): number {
+    if (this.#folder === undefined) return Infinity
+    try {
+      const { bavail, bsize } = statfsSync(this.#folder)
+      return bavail * bsize
+    } catch {
+      return Infinity
+    }
+  }
+
+  /**
+   * Copies the write-ahead log into the database file and truncates it to nothing: what gives a
+   * full disk the log's space back, which SQLite otherwise keeps (it reuses the file, never
+   * shrinks it). Needs free space for the pages the log holds that the file lacks; while it fails,
+   * submissions fail too, as `storage-full`. Never waits for other processes' readers (busy timeout
+   * 0 meanwhile): then it is tried again later. Whether it completed.
+   */
+  #reclaim(now = false): boolean {
+    const at = Date.now()
+    if (!now && at - this.#lastReclaim < RECLAIM_EVERY_MS) return false
+    this.#lastReclaim = at
+    try {
+      this.#db.pragma('busy_timeout = 0')
+      const [result] = this.#db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[]
+      return result?.busy === 0
+    } catch {
+      return false
+    } finally {
+      this.#db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`)
+    }
+  }
+
+  /**
+   * Every CHECKPOINT_EVERY_MS after writes: a passive checkpoint (it waits for no one), so that the
+   * log holds little that the database file lacks when the disk fills up, and the space needed to
+   * recover stays small whatever the load before. While the file system has less than
+   * LOW_SPACE_BYTES free, the log is truncated instead (#reclaim) and checkpointed by SQLite every
+   * LOW_SPACE_CHECKPOINT_PAGES rather than every 1,000 pages (4 MiB): small commits write whole
+   * pages, so a log that waits for 1,000 pages fills a small disk on its own.
+   */
+  readonly #checkpoint = (): void => {
+    if (!this.#written || this.#closing) return
+    this.#written = false
+    try {
+      if (this.#adaptToSpace()) this.#reclaim(true)
+      else this.#db.pragma('wal_checkpoint(PASSIVE)')
+    } catch {
+      // A full disk: #reclaim takes over at the next write.
+    }
+  }
+
+  /** Sets SQLite's automatic checkpoint for the free space there is now; whether it is low. */
+  #adaptToSpace(): boolean {
+    const low = this.#freeBytes() < LOW_SPACE_BYTES
+    if (low !== this.#lowSpace) {
+      this.#db.pragma(`wal_autocheckpoint = ${low ? LOW_SPACE_CHECKPOINT_PAGES : 1_000}`)
+      this.#lowSpace = low
+    }
+    return low
   }
 
   /** Queues `run` for the next group commit; `losable` as LOSABLE in ./writes.ts says. */
@@ -320,11 +426,22 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
     if (this.#pending.length === 0) return
     const batch = this.#pending
     this.#pending = []
+    // Submissions go on failing until the log's space is back: try for it first.
+    if (this.#full) this.#reclaim()
     const outcome = this.#writes.runBatch(batch)
+    const full = outcome.ok
+      ? outcome.results.some((result) => !result.ok && isFull(result.error))
+      : isFull(outcome.error)
+    if (full) this.#full = true
+    else if (outcome.ok) {
+      this.#written = true
+      // A group of losable writes may change nothing (a claim that found no work): no proof of space.
+      if (batch.some((write) => !write.losable)) this.#full = false
+    }
     batch.forEach((write, i) => {
       const result: Settled = outcome.ok ? outcome.results[i]! : outcome
       if (result.ok) write.resolve(result.value)
-      else write.reject(result.error)
+      else write.reject(sqliteFault(result.error))
     })
   }
 }
@@ -338,10 +455,31 @@ interface AttemptRow {
   error: string | null
 }
 
+// A commit that failed on a full disk is followed by at most one #reclaim per this interval.
+const RECLAIM_EVERY_MS = 250
+const CHECKPOINT_EVERY_MS = 1_000
+const LOW_SPACE_BYTES = 67_108_864 // 64 MiB
+const LOW_SPACE_CHECKPOINT_PAGES = 64 // 256 KiB of 4 KiB pages
+// What `ping` wants free after a full disk before it answers again: room for some hundreds of submissions.
+const MIN_FREE_BYTES = 262_144 // 256 KiB
+
 const FEED_COLUMNS = [...EVENT_COLUMNS.split(', ').map((column) => `e.${column}`), 'e.operation_id'].join(', ')
 
-/** The filters list and stats share: states, owner and what the caller may read. */
-function filters(query: StatsQuery): { where: string[]; args: unknown[] } {
+/** How a filter names one owner, with its arguments: in `operations`, or in `operation_counts`. */
+type OwnerTerm = (owner: string | null) => { sql: string; args: unknown[] }
+
+const OPERATION_OWNER: OwnerTerm = (owner) => ({ sql: 'owner IS ?', args: [owner] })
+const COUNTER_OWNER: OwnerTerm = (owner) =>
+  // Anonymous counts have owner '': named too, so that the owner index serves either.
+  owner === null
+    ? { sql: "(anonymous = 1 AND owner = '')", args: [] }
+    : { sql: '(anonymous = 0 AND owner = ?)', args: [owner] }
+
+/**
+ * The filters list and stats share: states, owner and what the caller may read; on the counters'
+ * columns (name, state, owner) as well as on the operations'.
+ */
+function filters(query: StatsQuery, ownerIs: OwnerTerm = OPERATION_OWNER): { where: string[]; args: unknown[] } {
   const where: string[] = []
   const args: unknown[] = []
   if (query.states?.length) {
@@ -349,15 +487,16 @@ function filters(query: StatsQuery): { where: string[]; args: unknown[] } {
     args.push(...query.states)
   }
   if (query.owner !== undefined) {
-    where.push('owner IS ?')
-    args.push(query.owner)
+    const term = ownerIs(query.owner)
+    where.push(term.sql)
+    args.push(...term.args)
   }
   if (query.readable) {
     const { owners, names } = query.readable
-    const anyOwner = owners.map(() => 'owner IS ?')
+    const anyOwner = owners.map(ownerIs)
     const anyName = names.length ? [`name IN (${names.map(() => '?').join(', ')})`] : []
-    where.push(`(${[...anyOwner, ...anyName].join(' OR ') || 'FALSE'})`)
-    args.push(...owners, ...names)
+    where.push(`(${[...anyOwner.map((term) => term.sql), ...anyName].join(' OR ') || 'FALSE'})`)
+    args.push(...anyOwner.flatMap((term) => term.args), ...names)
   }
   return { where, args }
 }

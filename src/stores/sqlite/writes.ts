@@ -16,7 +16,7 @@ import type {
   Outcome,
   Progress,
 } from '../../core/types.js'
-import type { TerminalState } from '../../core/operation.js'
+import { DEFERRED_RUN_AT, type TerminalState } from '../../core/operation.js'
 import { CALLBACK_TARGET, stateAfter, toMessage, type MessageRow } from '../outbox.js'
 import { operationQueries, statementCache, type Row, type Synchronous } from './connection.js'
 
@@ -25,6 +25,8 @@ import { operationQueries, statementCache, type Row, type Synchronous } from './
 const HELD = `id = @id AND state = 'running' AND attempt = @attempt AND worker = @worker`
 // Where `delete` and `purge` apply: the states TRANSITIONS.delete lists (src/core/operation.ts).
 const FINISHED = `state IN ('succeeded', 'failed', 'canceled')`
+// Created to start later and not started yet (isDeferred in src/core/operation.ts).
+const DEFERRED = `state = 'queued' AND run_at = ${DEFERRED_RUN_AT}`
 
 /** One write of a batch: a call on the writes object, and whether a power loss may undo it. */
 export interface WriteCall {
@@ -75,6 +77,9 @@ export class SqliteWrites {
             try {
               results.push({ ok: true, value: call.run(this) })
             } catch (error) {
+              // SQLite rolled the whole transaction back (e.g. SQLITE_FULL while spilling its cache):
+              // the calls after this one must not commit one by one, nor those before seem committed.
+              if (!this.#db.inTransaction) throw error
               results.push({ ok: false, error })
             }
           }
@@ -96,10 +101,11 @@ export class SqliteWrites {
     let inserted: Operation
     try {
       inserted = this.#ops(
-        `INSERT INTO operations (id, name, state, owner, input, params, query, headers, request_id, max_attempts,
-             cancelable, timeout_ms, created_at, run_at, callback, subscriptions, callback_state, callback_attempts)
-           VALUES (@id, @name, 'queued', @owner, @input, @params, @query, @headers, @requestId, @maxAttempts,
-             @cancelable, @timeoutMs, @createdAt, @createdAt, @callback, @subscriptions,
+        `INSERT INTO operations (id, name, state, owner, input, params, query, headers, request_id, context,
+             max_attempts, cancelable, timeout_ms, created_at, run_at, expires_at, callback, subscriptions,
+             callback_state, callback_attempts)
+           VALUES (@id, @name, 'queued', @owner, @input, @params, @query, @headers, @requestId, @context, @maxAttempts,
+             @cancelable, @timeoutMs, @createdAt, @runAt, @expiresAt, @callback, @subscriptions,
              iif(@callback IS NULL, NULL, 'pending'), iif(@callback IS NULL, NULL, 0))
            RETURNING *`,
       ).get({
@@ -111,10 +117,14 @@ export class SqliteWrites {
         query: JSON.stringify(op.query),
         headers: JSON.stringify(op.headers),
         requestId: op.requestId ?? null,
+        context: op.context === undefined ? null : JSON.stringify(op.context),
         maxAttempts: op.maxAttempts,
         cancelable: op.cancelable ? 1 : 0,
         timeoutMs: op.timeoutMs,
         createdAt: op.createdAt,
+        // A deferred operation waits past any clock until started, and is purged if never started.
+        runAt: op.deferred ? DEFERRED_RUN_AT : op.createdAt,
+        expiresAt: op.deferred ? op.deferred.expiresAt : null,
         callback: op.callback ? JSON.stringify(op.callback) : null,
         subscriptions: op.subscriptions ? JSON.stringify(op.subscriptions) : null,
       })!
@@ -258,6 +268,15 @@ export class SqliteWrites {
     return requeued
   }
 
+  start(id: string, now: number, actor: string | null = null): Operation | undefined {
+    const started = this.#ops(
+      `UPDATE operations SET run_at = @now, expires_at = NULL WHERE id = @id AND ${DEFERRED} RETURNING *`,
+    ).get({ id, now })
+    if (!started) return this.#ops(`SELECT * FROM operations WHERE id = ?`).get(id)
+    this.#record(id, { at: now, event: 'queued', attempt: started.attempt, actor })
+    return started
+  }
+
   delete(id: string): boolean {
     const deleted = this.#sql(`DELETE FROM operations WHERE id = ? AND ${FINISHED}`).run(id).changes === 1
     if (deleted) this.#forget([id])
@@ -267,9 +286,11 @@ export class SqliteWrites {
   purge(now: number, limit: number): number {
     const ids = this.#sql(
       // The expiry index, named: without statistics the planner takes the state index, and reads every
-      // finished operation (0.45 s at 1,000,000) to find that none is due.
+      // finished operation (0.45 s at 1,000,000) to find that none is due. It holds every row with an
+      // expiry: finished ones, and deferred ones never started.
       `DELETE FROM operations WHERE seq IN (
-         SELECT seq FROM operations INDEXED BY operations_expiry WHERE expires_at <= ? AND ${FINISHED} LIMIT ?
+         SELECT seq FROM operations INDEXED BY operations_expiry
+         WHERE expires_at <= ? AND (${FINISHED} OR (${DEFERRED})) LIMIT ?
        )
        RETURNING id`,
     )

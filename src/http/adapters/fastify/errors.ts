@@ -1,4 +1,6 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { STATUS_CODES, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import { LongrunError } from '../../../core/errors.js'
 import type { Logger } from '../../../core/logger.js'
 import { mergeVary } from '../../caching.js'
@@ -6,6 +8,7 @@ import {
   methodNotAllowed,
   PROBLEM_CONTENT_TYPE,
   problem,
+  renderProblem,
   routeNotFound,
   toProblem,
   withInstance,
@@ -70,6 +73,12 @@ export function fastifyProblem(err: unknown, log: Logger): Problem {
   return frameworkProblem(err) ?? toProblem(err, log)
 }
 
+/** Sends a problem as the request prefers it: JSON, or XML when asked (`renderProblem`). */
+function sendProblem(reply: FastifyReply, request: FastifyRequest, body: Problem): FastifyReply {
+  const { type, text } = renderProblem(body, request.headers.accept)
+  return reply.code(body.status).type(type).send(text)
+}
+
 /** The request's path, without its query string. */
 export const pathOf = (request: FastifyRequest) => request.url.split('?')[0]!
 
@@ -94,7 +103,7 @@ export function problemErrorHandler(
   const body = withInstance(fastifyProblem(err, request.log), pathOf(request))
   if (err instanceof LongrunError) copyHeaders(reply, err.headers)
   if (typeof body.retryAfter === 'number') reply.header('retry-after', String(body.retryAfter))
-  return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
+  return sendProblem(reply, request, body)
 }
 
 /**
@@ -103,13 +112,92 @@ export function problemErrorHandler(
  */
 export function problemFrameworkErrors(err: FastifyError, request: FastifyRequest, reply: FastifyReply) {
   const body = withInstance(fastifyProblem(err, request.log), pathOf(request))
-  return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
+  return sendProblem(reply, request, body)
+}
+
+/** What Node's HTTP parser (llhttp) reports of a request it could not read. */
+interface ClientError extends Error {
+  code?: string
+  reason?: string
+  /** The bytes being parsed when it failed. */
+  rawPacket?: unknown
+}
+
+/** The status and detail answering a request that Node could not parse, or that came too slowly. */
+function clientProblem(err: ClientError): Problem {
+  switch (err.code) {
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return problem('bad-request', 'The request was not received in time.', {}, 408)
+    case 'HPE_HEADER_OVERFLOW':
+      return problem('bad-request', "The request line and headers exceed the server's size limit.", {}, 431)
+  }
+  // llhttp's reason is short ASCII (e.g. 'Invalid header value char'); kept printable all the same.
+  const reason = (err.reason ?? err.message ?? '').replace(/[^\x20-\x7e]/g, '').slice(0, 120)
+  const code = /^HPE_[A-Z_]+$/.test(err.code ?? '') ? `${err.code}: ` : ''
+  return problem('bad-request', `The request is not valid HTTP/1.1 (${code}${reason}).`)
+}
+
+// Sockets answered already: after a parse error, more bytes of the same request may fail again.
+const answered = new WeakSet<Socket>()
+
+/**
+ * Answers what Node's HTTP parser refuses (a malformed request line, a bad header character, a
+ * duplicate or negative `Content-Length`, headers or a URL over `maxHeaderSize`) and requests not
+ * received within `headersTimeout` or `requestTimeout`, as a raw HTTP/1.1 `application/problem+json`
+ * answer; then the connection closes. An answer in flight on the same connection to an earlier
+ * request ends first; nothing is written when the client is gone, or into an answer that has begun
+ * (the connection is closed instead).
+ * Fastify takes it only at construction: `Fastify({ clientErrorHandler: problemClientErrorHandler })`.
+ */
+export function problemClientErrorHandler(this: { log?: Logger } | void, err: ClientError, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed || answered.has(socket)) return
+  answered.add(socket)
+  this?.log?.debug?.({ err }, 'longrun: refused a request Node could not read')
+  const inFlight = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage
+  if (inFlight && !inFlight.writableFinished) {
+    // The answer to an earlier, whole request goes first: the error is in a request pipelined after it.
+    if (inFlight.req.complete) {
+      inFlight.once('close', () => answerClientError(err, socket))
+      return
+    }
+    // The error is in the request being answered (its body): bytes written into an answer that has
+    // begun would corrupt it, as Node's own handler knows.
+    if (inFlight.headersSent) {
+      socket.destroy()
+      return
+    }
+  }
+  answerClientError(err, socket)
+}
+
+function answerClientError(err: ClientError, socket: Socket): void {
+  if (!socket.writable) {
+    socket.destroy()
+    return
+  }
+  const answer = clientProblem(err)
+  const { status } = answer
+  const body = JSON.stringify(answer)
+  // The answer to a HEAD has no body, even when its request could not be read to the end.
+  const head = Buffer.isBuffer(err.rawPacket) && err.rawPacket.subarray(0, 5).toString('latin1') === 'HEAD '
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n` +
+      `Content-Type: ${PROBLEM_CONTENT_TYPE}\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+      'Cache-Control: no-store\r\nConnection: close\r\n\r\n' +
+      (head ? '' : body),
+  )
+  // Half-closed, the client reads the answer before the socket goes; a client that neither reads nor
+  // closes loses it after a second.
+  const timer = setTimeout(() => socket.destroy(), 1_000)
+  timer.unref()
+  socket.once('close', () => clearTimeout(timer))
 }
 
 /** Answers unknown routes as an `application/problem+json` 404; usable as an app-wide not-found handler. */
 export function problemNotFoundHandler(request: FastifyRequest, reply: FastifyReply) {
   const body = routeNotFound(request.method, pathOf(request))
-  return reply.code(404).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
+  return sendProblem(reply, request, body)
 }
 
 /**

@@ -18,7 +18,18 @@ import { Deliveries } from '../../webhooks/deliveries.js'
 import { OperationsProtocol, type HttpReply } from '../../protocol.js'
 import type { AsyncRouteOptions, AsyncRouteSchema, SchemaTypeProvider } from '../../route.js'
 import type { SchemaTypes } from '../../schema.js'
-import { allowedMethods, matchOperationRoute, OPERATION_ROUTES, type OperationRoute } from '../../routes.js'
+import {
+  allowedMethods,
+  matchOperationRoute,
+  OPERATION_ROUTES,
+  type EndpointName,
+  type EndpointRequest,
+  type EndpointView,
+} from '../../routes.js'
+import type { OperationAction, OperationRouteOptions } from '../../mounts.js'
+import { serveDocs } from './docs.js'
+import { idOf, queryWithoutId } from './ids.js'
+import { authFailureGuard } from '../../limits.js'
 import { assertJsonBody } from '../../submit.js'
 import { addCors, type LongrunCorsOptions, type MethodsOf } from './cors.js'
 import { copyHeaders, operationsNotFound, pathOf, problemErrorHandler } from './errors.js'
@@ -50,8 +61,29 @@ export interface Longrun<TP extends SchemaTypeProvider = SchemaTypes> {
    * (`app.withTypeProvider<TypeBoxTypeProvider>().longrun.route(...)`).
    */
   route<S extends AsyncRouteSchema, Result, Args = undefined, RouteTP extends SchemaTypeProvider = TP>(
-    options: AsyncRouteOptions<S, Result, Args, RouteTP>,
+    options: FastifyAsyncRouteOptions<S, Result, Args, RouteTP>,
   ): void
+  /**
+   * Serves one action of the operations API at a URL of this context (Pode's
+   * `Add-PodeAsyncGetRoute -Path '/task' -In Query`), with the same permissions, negotiation and
+   * problems as the built-in API; the id is read where `id` says (docs/custom-routes.md).
+   */
+  operationRoute<A extends OperationAction>(options: OperationRouteOptions<A>): void
+}
+
+/** An async route's options with its `beforeQueue` hook in Fastify's terms. */
+export type FastifyAsyncRouteOptions<
+  S extends AsyncRouteSchema,
+  Result,
+  Args,
+  TP extends SchemaTypeProvider = SchemaTypes,
+> = Omit<AsyncRouteOptions<S, Result, Args, TP>, 'beforeQueue'> & {
+  /**
+   * Runs after validation, before anything is stored (AsyncEndpoints' pre-queue delegate, qbm-http's
+   * async middleware). Answer and stop with `return reply.code(...).send(...)`, or throw; or go on,
+   * returning the values the handler gets as `op.context` (stored as JSON: never credentials).
+   */
+  beforeQueue?(request: FastifyRequest, reply: FastifyReply): unknown
 }
 
 declare module 'fastify' {
@@ -73,6 +105,15 @@ function send(reply: FastifyReply, answer: HttpReply): FastifyReply {
   }
   if (typeof answer.body === 'string') return reply.send(answer.body)
   return reply.send(JSON.stringify(answer.body))
+}
+
+/** What a `beforeQueue` hook returned, as the submission's `context`: a JSON object, or nothing. */
+function contextOf(route: string, value: unknown): { context?: Record<string, unknown> } {
+  if (value === undefined || value === null) return {}
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    throw invalidOption(`${route}.beforeQueue`, 'must return nothing, the reply, or an object of values for op.context')
+  }
+  return { context: value as Record<string, unknown> }
 }
 
 /** Aborts when the client goes away before the whole answer was sent. */
@@ -146,13 +187,19 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
       ]
     : []
 
+  // Refused credentials are limited per address even without `rateLimit`: guessing keys stays slow.
+  const failures = authFailureGuard(opts)
   const authenticate: onRequestHookHandler = async (request, reply) => {
+    failures?.check(request)
     try {
       const principal = await protocol.authenticate(request)
       if (principal) callers.set(request, principal)
     } catch (err) {
-      // Refused credentials count against the client's address: guessing keys or tokens is limited too.
-      if (limit && err instanceof LongrunError && err.status === 401) await limit.call(app, request, reply)
+      if (err instanceof LongrunError && err.status === 401) {
+        failures?.refused(request)
+        // With `rateLimit`, refused credentials count against the client's address too.
+        if (limit) await limit.call(app, request, reply)
+      }
       throw err
     }
   }
@@ -161,11 +208,35 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
   // Routes land in the context `route()` is called from (its prefix, hooks and decorators): the
   // decorator is a getter, and `this` is the context it is read from.
   const declarations = new WeakMap<FastifyInstance, Longrun>()
+  /** Serves `serve(scope, url)` at `url` of `context`; with CORS, in a context of its own. */
+  const inContext = (
+    context: FastifyInstance,
+    method: string,
+    url: string,
+    serve: (scope: FastifyInstance, url: string) => void,
+  ) => {
+    if (!cors) return void serve(context, url)
+    // CORS needs a context of its own: @fastify/cors adds hooks, and a preflight route `<prefix>*`
+    // that also catches longer URLs (the rest in its `*` parameter), which are not this route's.
+    const methods: MethodsOf = (request) =>
+      (request.params as { '*'?: string })['*'] ? [] : method === 'GET' ? ['GET', 'HEAD'] : [method]
+    context.register(
+      async (scope) => {
+        await addCors(scope, cors, methods)
+        serve(scope, '')
+      },
+      { prefix: url },
+    )
+  }
+
   const declare = (context: FastifyInstance): Longrun => ({
     engine,
     route(options) {
       const route = protocol.addRoute(options)
-      const serve = (scope: FastifyInstance, url: string) =>
+      const beforeQueue = route.beforeQueue as
+        | ((request: FastifyRequest, reply: FastifyReply) => unknown)
+        | undefined
+      inContext(context, route.method, route.url, (scope, url) =>
         scope.route({
           method: route.method as HTTPMethods,
           url,
@@ -175,8 +246,11 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
           ...(strict ? { validatorCompiler: strictValidator(scope.getSchemas()) } : {}),
           onRequest: authenticate,
           errorHandler: problemErrorHandler,
-          handler: async (request, reply) =>
-            send(
+          handler: async (request, reply) => {
+            const hooked = beforeQueue ? await beforeQueue(request, reply) : undefined
+            // The hook answered: nothing is stored.
+            if (hooked === reply || reply.sent) return reply
+            return send(
               reply,
               await protocol.submit(accessOf(request), route, {
                 method: request.method,
@@ -189,20 +263,30 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
                 ip: request.ip,
                 signal: disconnected(reply),
                 requestId: request.id,
+                ...contextOf(route.name, hooked),
               }),
-            ),
-        })
-      if (!cors) return void serve(context, route.url)
-      // CORS needs a context of its own: @fastify/cors adds hooks, and a preflight route `<prefix>*`
-      // that also catches longer URLs (the rest in its `*` parameter), which are not this route's.
-      const methods: MethodsOf = (request) =>
-        (request.params as { '*'?: string })['*'] ? [] : route.method === 'GET' ? ['GET', 'HEAD'] : [route.method]
-      context.register(
-        async (scope) => {
-          await addCors(scope, cors, methods)
-          serve(scope, '')
-        },
-        { prefix: route.url },
+            )
+          },
+        }),
+      )
+    },
+    operationRoute(options) {
+      const mount = protocol.addMount(options as OperationRouteOptions, context.prefix)
+      const view: EndpointView = { formats: mount.formats, presentation: mount.presentation }
+      inContext(context, mount.method, options.url, (scope, url) =>
+        scope.route({
+          method: mount.method,
+          url,
+          bodyLimit: opts.bodyLimit,
+          preParsing: limited,
+          onRequest: authenticate,
+          errorHandler: problemErrorHandler,
+          handler: (request, reply) => {
+            const id = mount.id ? idOf(mount.id, request, valuesOf(request)) : ''
+            const query = mount.id ? queryWithoutId(mount.id, request.query) : request.query
+            return answer(mount.action as EndpointName, id, request, reply, view, query)
+          },
+        }),
       )
     },
   })
@@ -214,21 +298,29 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
     },
   })
 
-  const answer = (route: OperationRoute, id: string, request: FastifyRequest, reply: FastifyReply) =>
-    route
-      .answer(protocol, accessOf(request), {
-        id,
-        query: (request.query ?? {}) as Record<string, unknown>,
-        body: request.body,
-        headers: request.headers,
-        ip: request.ip,
-        signal: disconnected(reply),
-        head: request.method === 'HEAD',
-      })
-      .then((answer) => send(reply, answer))
+  const answer = (
+    name: EndpointName,
+    id: string,
+    request: FastifyRequest,
+    reply: FastifyReply,
+    view?: EndpointView,
+    query: unknown = request.query,
+  ) => {
+    const endpoint: EndpointRequest = {
+      id,
+      query: (query ?? {}) as Record<string, unknown>,
+      body: request.body,
+      headers: request.headers,
+      ip: request.ip,
+      signal: disconnected(reply),
+      head: request.method === 'HEAD',
+      ...(view ? { view } : {}),
+    }
+    return protocol.answer(name, accessOf(request), endpoint).then((answer) => send(reply, answer))
+  }
 
   const notFound = operationsNotFound(opts.basePath)
-  await app.register(
+  if (opts.operationsApi) await app.register(
     async (api) => {
       api.setErrorHandler(problemErrorHandler)
       api.setNotFoundHandler(notFound)
@@ -242,7 +334,7 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
           url: route.path === '' ? '/' : route.path,
           bodyLimit: opts.bodyLimit,
           preParsing: limited,
-          handler: (request, reply) => answer(route, request.params.id ?? '', request, reply),
+          handler: (request, reply) => answer(route.name, request.params.id ?? '', request, reply),
         })
       }
       // An id longer than the server's `maxParamLength` (Fastify's default: 100) misses the routes
@@ -257,14 +349,17 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
           const method = request.method === 'HEAD' ? 'GET' : request.method
           const match = matchOperationRoute(method, `/${request.params['*']}`)
           if (!match || match.id === '') return notFound(request, reply)
-          return answer(match.route, match.id, request, reply)
+          return answer(match.route.name, match.id, request, reply)
         },
       })
     },
     { prefix: mounted.basePath },
   )
 
+  if (opts.docs) await serveDocs(app, () => protocol.describe(), opts.docs)
+
   app.addHook('onReady', async () => {
+    protocol.checkComplete()
     engine.start()
     if (options.worker !== false) deliveries?.start()
   })
@@ -284,11 +379,21 @@ export const longrun = fp(plugin, { fastify: '5.x', name: 'longrun' })
 export default longrun
 
 export { problemErrorHandler, problemFrameworkErrors, problemNotFoundHandler } from './errors.js'
+export { problemClientErrorHandler } from './errors.js'
 export { defineAsyncRoute, type AnyAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema } from '../../route.js'
 export type { ProtocolOptions } from '../../options.js'
 export type { LongrunCorsOptions } from './cors.js'
 export { EXPOSED_HEADERS } from '../../routes.js'
 export type { ResultType } from '../../formats.js'
+export type {
+  IdLocation,
+  OperationAction,
+  OperationRouteOptions,
+  PresentedPage,
+  PresentedResource,
+  PresentInput,
+} from '../../mounts.js'
+export type { JsonSchema, Presentation } from '../../present.js'
 export type { CallbackOptions } from '../../callback.js'
 export type { WebhookEndpoint, WebhookOptions } from '../../webhooks/options.js'
 export type { WebhookPayload } from '../../webhooks/deliveries.js'
