@@ -23,6 +23,8 @@ async function start(options: SessionAuthOptions): Promise<Harness> {
   await app.register(longrun, {
     store: sqliteStore({ path: join(dir.path, 'ops.db') }),
     authenticate: sessionAuth(options),
+    // Its cases send refused cookies on purpose, more than the default limit allows one address.
+    authFailureLimit: false,
     poll: 20,
   })
   app.longrun.route({ url: '/jobs/echo', name: 'echo', handler: (op) => ({ user: op.user?.id ?? null }) })

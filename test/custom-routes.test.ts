@@ -124,10 +124,21 @@ describe('formats everywhere', () => {
     expectProblem(await client.get('/operations/nope'), 404, 'operation-not-found')
   })
 
-  it('answers 406 when Accept allows none of the offered formats', async () => {
-    const client = await serve(() => {})
-    const res = await client.get('/operations', { accept: 'application/yaml' })
-    expectProblem(res, 406, 'not-acceptable')
+  it('answers 406 when Accept allows none of the offered formats, but never after storing a change', async () => {
+    const client = await serve((app) => {
+      app.longrun.route({ url: '/jobs', name: 'job', handler: (op) => new Gates().wait(op.id, op.signal) })
+    })
+    expectProblem(await client.get('/operations', { accept: 'application/yaml' }), 406, 'not-acceptable')
+    // The operation is stored before its answer: the answer is in the first format rather than a 406.
+    const submitted = await client.request('POST', '/jobs', { json: {}, headers: { accept: 'application/pdf' } })
+    expect(submitted.status).toBe(202)
+    expect(submitted.headers.get('content-type')).toBe('application/json; charset=utf-8')
+    const canceled = await client.request('POST', `/operations/${submitted.body.id}/cancel`, {
+      headers: { accept: 'application/pdf' },
+    })
+    expect(canceled.status).toBe(200)
+    expect(canceled.body.cancelRequested).toBe(true)
+    expect(canceled.headers.get('content-type')).toBe('application/json; charset=utf-8')
   })
 })
 

@@ -178,7 +178,10 @@ describe('the curl examples of docs/custom-routes.md, against examples/custom-ro
       expect(outputs[0]).toContain('items:')
       expect(outputs[0]).toContain('<stats>')
       expect(outputs[2]).toContain('"errors":["name must not be \\"bad\\""]')
-      const lines = outputs[3]!.trim().split('\n').map((line) => JSON.parse(line))
+      const lines = outputs[3]!
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line))
       expect(lines[0]).toMatchObject({ success: true, status: 'pending', progress: 0 })
       expect(lines[2]).toMatchObject({ status: 'completed', currentStep: 'step-3' })
       expect(lines[3].stats.completed).toBeGreaterThanOrEqual(1)

@@ -129,7 +129,10 @@ describePostgres('postgres store across nodes', (url) => {
     const store = postgresStore({ host: '127.0.0.1', port: 1, user: 'postgres', database: 'test', schema })
     const err = (await rejection(store.ready())) as { code?: string }
     expect(err.code).toBe('ECONNREFUSED')
-    expect(((await rejection(store.get('x'))) as { code?: string }).code).toBe('ECONNREFUSED')
+    // Calls answer what HTTP shows as 503 store-unavailable, with the driver's error as the cause.
+    const got = (await rejection(store.get('x'))) as { code?: string; cause?: { code?: string } }
+    expect(got.code).toBe('store-unavailable')
+    expect(got.cause?.code).toBe('ECONNREFUSED')
     await store.close()
   })
 

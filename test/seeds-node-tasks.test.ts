@@ -1,7 +1,6 @@
-import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { killAllServers, startServer, type ChildServer } from './helpers/child-server.js'
 import { tempDir, type Json } from './helpers/http.js'
+import { startSeed, type SeedServer } from './helpers/seeds.js'
 import { until } from './helpers/until.js'
 
 // The Node "async task system" seed (../shared/seeds/001), replayed on examples/seeds/node-tasks
@@ -9,17 +8,16 @@ import { until } from './helpers/until.js'
 // documented answers and shapes.
 
 const dir = tempDir('longrun-seed-node-tasks-')
-let server: ChildServer
+let server: SeedServer
 
 beforeAll(async () => {
-  server = await startServer({
-    example: 'node-tasks',
-    dbPath: join(dir.path, 'tasks.db'),
+  server = await startSeed('node-tasks', {
+    store: `sqlite:${dir.path}/tasks.db`,
     env: { MAX_COMPLETED_TASKS: '2', MAX_FAILED_TASKS: '1', TASK_CLEANUP_INTERVAL: '3600000', LOG_LEVEL: 'debug' },
   })
 }, 30_000)
 afterAll(async () => {
-  await killAllServers()
+  await server?.stop()
   dir.remove()
 })
 

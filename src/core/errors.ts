@@ -36,6 +36,8 @@ export const ERRORS = {
   'body-too-large': { status: 413, title: 'Body too large' },
   'bad-url': { status: 400, title: 'Bad URL' },
   'bad-request': { status: 400, title: 'Bad request' },
+  'request-timeout': { status: 408, title: 'Request timeout' },
+  'headers-too-large': { status: 431, title: 'Request headers too large' },
   'route-not-found': { status: 404, title: 'Not found' },
   'method-not-allowed': { status: 405, title: 'Method not allowed' },
   'not-acceptable': { status: 406, title: 'Not acceptable' },

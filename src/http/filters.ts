@@ -11,6 +11,12 @@ export const SSE_GROUP = 'sseGroup'
 /** The names of the routes in an SSE group (none for a group no route is in). */
 export type GroupNames = (group: string) => string[]
 
+/**
+ * The most conditions one query may have: each is a term of one SQL expression, and databases cap
+ * its depth (SQLite: 1,000), so a longer list would fail in the store rather than be refused here.
+ */
+export const MAX_CONDITIONS = 50
+
 /** `field[op]`: an operator in brackets after the field. */
 const BRACKETED = /^(.+)\[([A-Za-z]+)\]$/
 
@@ -23,7 +29,11 @@ export function bodyConditions(body: unknown, groups: GroupNames): Condition[] {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw invalidCondition('(body)', 'must be a JSON object of { "<field>": { "op": "<operator>", "value": ... } }')
   }
-  return Object.entries(body as Record<string, unknown>).map(([field, member]) => {
+  const members = Object.entries(body as Record<string, unknown>)
+  if (members.length > MAX_CONDITIONS) {
+    throw invalidCondition('(body)', `has ${members.length} conditions: at most ${MAX_CONDITIONS}`)
+  }
+  return members.map(([field, member]) => {
     if (typeof member !== 'object' || member === null || Array.isArray(member)) {
       throw invalidCondition(field, 'must be { "op": "<operator>", "value": ... }')
     }
@@ -62,6 +72,9 @@ export function queryConditions(
     }
     const op = bracketed ? bracketed[2]! : 'eq'
     for (const text of texts(given, parameter)) conditions.push(condition(field, op, text, true, groups))
+  }
+  if (conditions.length > MAX_CONDITIONS) {
+    throw invalidQuery('(conditions)', `are ${conditions.length}: at most ${MAX_CONDITIONS}`)
   }
   return conditions
 }

@@ -12,7 +12,7 @@ import {
 
 export type { JsonSchema, PresentedPage, PresentedResource, Presentation } from './present.js'
 import type { ResolvedAsyncRoute } from './route.js'
-import { OPERATION_ROUTES } from './routes.js'
+import { OPERATION_ROUTES, type EndpointName } from './routes.js'
 
 /** The actions of the operations API that an app may also mount at a URL of its own. */
 export type OperationAction =
@@ -41,7 +41,7 @@ export interface IdLocation {
 /** An action of the operations API where it is served: built in under `basePath`, or mounted by the app. */
 export interface ResolvedMount {
   /** The endpoint it serves: the `name` of one of `OPERATION_ROUTES`. */
-  action: string
+  action: EndpointName
   method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE'
   /** The full URL as the framework routes it, its prefix included; `:name` marks a path parameter. */
   url: string
@@ -50,6 +50,10 @@ export interface ResolvedMount {
   /** Media types its bodies may be answered in, the first by default. */
   formats: readonly ResultType[]
   presentation: Presentation | undefined
+  /** For `query`: how the app's body becomes longrun's conditions. */
+  readQuery?: (body: unknown) => unknown
+  /** Only the operations of this async route (its name). */
+  route?: string
   /** One of the operations API's own routes under `basePath`. */
   builtIn: boolean
 }
@@ -91,6 +95,17 @@ export interface OperationRouteOptions<A extends OperationAction = OperationActi
   presentSchema?: JsonSchema
   states?: Presentation['states']
   statusCodes?: Presentation['statusCodes']
+  /**
+   * For `query`: turns the body the app's clients send into longrun's conditions
+   * (`{ "<field>": { "op", "value" } }`, docs/query.md), e.g. Pode's field names (`CreationTime`) into
+   * longrun's (`createdAt`). Values of `state` are read in the mount's `states` names either way.
+   */
+  readQuery?: (body: unknown) => unknown
+  /**
+   * Only the operations of the async route of this name (AsyncFlow's per-flow endpoints): another's
+   * answers 404 as an unknown id does, and lists, queries and stats leave them out. @default all
+   */
+  route?: string
 }
 
 /** The actions on one operation, which read an id. */
@@ -149,6 +164,11 @@ export function resolveMount(
   for (const type of formats ?? []) {
     if (!RESULT_TYPES.includes(type)) throw invalidOption(`${where}.formats`, `cannot offer '${type}'`)
   }
+  const { readQuery, route } = options
+  if (route !== undefined && typeof route !== 'string') throw invalidOption(`${where}.route`, 'must be a route name')
+  if (readQuery !== undefined && (typeof readQuery !== 'function' || action !== 'query')) {
+    throw invalidOption(`${where}.readQuery`, "must be a function, on a 'query' mount")
+  }
   return {
     action,
     method,
@@ -156,6 +176,8 @@ export function resolveMount(
     id,
     formats: formats?.length ? [...new Set(formats)] : defaultFormats,
     presentation: resolvePresentation(where, options as Presentation),
+    ...(readQuery ? { readQuery } : {}),
+    ...(route !== undefined ? { route } : {}),
     builtIn: false,
   }
 }
@@ -170,4 +192,6 @@ const MOUNT_OPTIONS = new Set([
   'presentSchema',
   'states',
   'statusCodes',
+  'readQuery',
+  'route',
 ])

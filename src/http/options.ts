@@ -208,9 +208,11 @@ export function resolveProtocolOptions(input: ProtocolOptions): ResolvedProtocol
   const maxStreams = input.maxStreamsPerCaller ?? DEFAULTS.maxStreamsPerCaller
   if (!isPositiveInteger(maxStreams)) throw invalidOption('maxStreamsPerCaller', 'must be a positive integer')
   const formats = input.formats ?? ['application/json']
-  if (!Array.isArray(formats) || formats.length === 0) throw invalidOption('formats', 'must list at least one media type')
+  if (!Array.isArray(formats) || formats.length === 0)
+    throw invalidOption('formats', 'must list at least one media type')
   for (const type of formats) {
-    if (!RESULT_TYPES.includes(type)) throw invalidOption('formats', `cannot offer '${type}' (${RESULT_TYPES.join(', ')})`)
+    if (!RESULT_TYPES.includes(type))
+      throw invalidOption('formats', `cannot offer '${type}' (${RESULT_TYPES.join(', ')})`)
   }
   return {
     basePath,

@@ -58,7 +58,11 @@ export function problem(
  * errors first.
  */
 export function toProblem(err: unknown, log?: Logger): Problem {
-  if (err instanceof LongrunError) return problem(err.code, err.message, err.extra)
+  if (err instanceof LongrunError) {
+    // A store fault answers 503/507: operators need its cause in the log, clients get only the code.
+    if (err.status >= 500) log?.warn({ err, cause: err.cause }, `longrun: answered ${err.status} ${err.code}`)
+    return problem(err.code, err.message, err.extra)
+  }
   log?.error({ err }, 'longrun: unexpected error while serving a request')
   return problem('internal-error', 'The server failed to handle the request.')
 }

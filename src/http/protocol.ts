@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream'
 import { OperationAccess } from '../core/access.js'
 import type { Engine } from '../core/engine.js'
-import { invalidOption, LongrunError } from '../core/errors.js'
+import { invalidOption, LongrunError, operationNotFound } from '../core/errors.js'
 import { isTerminal, OPERATION_STATES, type OperationState } from '../core/operation.js'
 import type { Principal } from '../core/permissions.js'
 import type { CleanupRun } from '../core/cleanup.js'
@@ -30,11 +30,12 @@ import {
   type SchemaTypeProvider,
 } from './route.js'
 import { bodyConditions, queryConditions } from './filters.js'
+import type { Condition } from '../core/query.js'
 import { validateStandard } from './schema.js'
 import { callerKey, preferences, Realtime } from './realtime.js'
 import { invalidQuery, singleParameter } from './query.js'
 import { Submitter, type SubmitParts } from './submit.js'
-import { retryFilterOf } from './limits.js'
+import { checkJsonLimits, retryFilterOf } from './limits.js'
 import { resolveMount, type ApiDescription, type OperationRouteOptions, type ResolvedMount } from './mounts.js'
 import { presentOne, presentOther, presentPage, statusFor, type Presentation } from './present.js'
 import { OPERATION_ROUTES, type EndpointName, type EndpointRequest, type EndpointView } from './routes.js'
@@ -145,6 +146,10 @@ export class OperationsProtocol {
 
   /** The endpoint `name` of the operations API, answered as `request.view` says (formats, presentation). */
   async answer(name: EndpointName, access: OperationAccess, request: EndpointRequest): Promise<HttpReply> {
+    // A mount of one route's operations: another's is not there (the same 404 as an unknown id).
+    if (request.view?.route !== undefined && request.id !== '') {
+      if ((await access.get(request.id)).name !== request.view.route) throw operationNotFound()
+    }
     const reply = await this.#endpoint(name, access, request)
     return this.#encoded(reply, request, ROOTS[name])
   }
@@ -221,16 +226,27 @@ export class OperationsProtocol {
     return links
   }
 
-  /** The body of `value` in the media type the request accepts of those its view offers. */
-  #encode(request: Viewed | undefined, value: unknown, root: string): { type: string; text: string } {
-    const type: ResultType = negotiate(headerOf(request ?? { headers: {} }, 'accept'), this.#viewOf(request).formats)
+  /**
+   * The body of `value` in the media type the request accepts of those its view offers; `406`
+   * when it accepts none, unless `lenient` (the first, for an answer about a change already made).
+   */
+  #encode(request: Viewed | undefined, value: unknown, root: string, lenient: boolean): { type: string; text: string } {
+    const { formats } = this.#viewOf(request)
+    const accept = headerOf(request ?? { headers: {} }, 'accept')
+    let type: ResultType
+    try {
+      type = negotiate(accept, formats)
+    } catch (err) {
+      if (!lenient) throw err
+      type = formats[0]!
+    }
     return { type: `${type}; charset=utf-8`, text: serialize(value, type, root) }
   }
 
   /** A reply whose body is still a value (not a string or a stream), encoded for the request. */
-  #encoded(reply: HttpReply, request: Viewed | undefined, root: string): HttpReply {
+  #encoded(reply: HttpReply, request: Viewed | undefined, root: string, lenient = false): HttpReply {
     if (reply.body === undefined || typeof reply.body === 'string' || reply.body instanceof Readable) return reply
-    const { type, text } = this.#encode(request, reply.body, root)
+    const { type, text } = this.#encode(request, reply.body, root, lenient)
     const headers: Record<string, string> = { ...reply.headers, 'content-type': type }
     if (this.#viewOf(request).formats.length > 1) headers.vary = mergeVary(reply.headers.vary, 'Accept')
     return { ...reply, headers, body: text }
@@ -251,8 +267,9 @@ export class OperationsProtocol {
   /** Checks an async route and defines its operation on the engine; the adapter then serves it. */
   addRoute<S extends AsyncRouteSchema, Result, Args, TP extends SchemaTypeProvider>(
     route: AsyncRouteOptions<S, Result, Args, TP>,
+    prefix = '',
   ): ResolvedAsyncRoute {
-    const resolved = resolveAsyncRoute(route)
+    const resolved = { ...resolveAsyncRoute(route), prefix }
     if (resolved.start === 'manual' && !isDeferrable(this.engine.store)) {
       throw invalidOption(`${resolved.name}.start`, "is 'manual', but the store does not keep deferred operations")
     }
@@ -359,6 +376,8 @@ export class OperationsProtocol {
       },
       request,
       'operation',
+      // The operation is stored (or queued again) already: a 406 now would hide that it was.
+      true,
     )
   }
 
@@ -475,6 +494,7 @@ export class OperationsProtocol {
       },
       request,
       'operation',
+      true,
     )
   }
 
@@ -521,7 +541,7 @@ export class OperationsProtocol {
     const { query } = request
     const states = parseStates(query.state)
     const name = singleParameter(query.name, 'name')
-    const where = queryConditions(query, LIST_PARAMETERS, this.#groupNames)
+    const where = [...queryConditions(query, LIST_PARAMETERS, this.#groupNames), ...ofRoute(request.view)]
     const { limit, cursor, sort } = this.#pageOf(query)
     const filter = {
       ...(states ? { states } : {}),
@@ -553,7 +573,10 @@ export class OperationsProtocol {
         )
       }
     }
-    const where = bodyConditions(request.body, this.#groupNames)
+    checkJsonLimits(request.body, 'body')
+    const { readQuery, presentation } = request.view ?? {}
+    const body = withStateNames(readQuery ? readQuery(request.body) : request.body, presentation)
+    const where = [...bodyConditions(body, this.#groupNames), ...ofRoute(request.view)]
     const { limit, cursor, sort } = this.#pageOf(request.query)
     const page = await access.query({ where, sort, limit, ...(cursor !== undefined ? { cursor } : {}) })
     return {
@@ -614,7 +637,7 @@ export class OperationsProtocol {
   /** `GET {base}/stats`: counts of what the caller may read; `state` and the filters of the list. */
   async stats(access: OperationAccess, request: Viewed & Pick<LiveRequest, 'query'>): Promise<HttpReply> {
     const states = parseStates(request.query.state)
-    const where = queryConditions(request.query, STATS_PARAMETERS, this.#groupNames)
+    const where = [...queryConditions(request.query, STATS_PARAMETERS, this.#groupNames), ...ofRoute(request.view)]
     const stats = await access.stats({ ...(states ? { states } : {}), where })
     const body = presentOther(request.view?.presentation, stats)
     return this.#validated({ status: 200, headers: {}, body }, request, undefined, 'stats')
@@ -767,6 +790,20 @@ function parseStates(value: unknown, invalid = invalidQuery): OperationState[] |
     }
   }
   return parts as OperationState[]
+}
+
+/** The condition of a mount limited to one route's operations, if it is. */
+const ofRoute = (view: EndpointView | undefined): Condition[] =>
+  view?.route === undefined ? [] : [{ field: 'name', op: 'eq', value: view.route }]
+
+/** A query body whose `state` condition names a state in the presentation's names, in longrun's. */
+function withStateNames(body: unknown, presentation: Presentation | undefined): unknown {
+  const states = presentation?.states
+  if (!states || typeof body !== 'object' || body === null || Array.isArray(body)) return body
+  const { state } = body as { state?: { value?: unknown } }
+  if (typeof state !== 'object' || state === null || typeof state.value !== 'string') return body
+  const own = Object.entries(states).find(([, name]) => name === state.value)?.[0]
+  return own ? { ...body, state: { ...state, value: own } } : body
 }
 
 /** The parts with Standard Schemas validated and replaced by their schemas' output, first of all. */

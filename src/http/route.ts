@@ -121,7 +121,10 @@ defineAsyncRoute.withTypeProvider =
 export interface ResolvedAsyncRoute {
   name: string
   method: string
+  /** As given, under the framework context's prefix. */
   url: string
+  /** The prefix of the context it is declared in: `prefix + url` is where clients reach it. */
+  prefix: string
   /** The JSON Schema parts, for the framework to validate. */
   schema: AsyncRouteSchema
   /** The Standard Schema parts, which `OperationsProtocol.submit` validates. */
@@ -215,6 +218,7 @@ export function resolveAsyncRoute<S extends AsyncRouteSchema, Result, Args, TP e
     name,
     method: method.toUpperCase(),
     url,
+    prefix: '',
     schema: json,
     standard,
     resultTypes: resultTypes?.length ? resultTypes : ['application/json'],

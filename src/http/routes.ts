@@ -23,6 +23,10 @@ export interface EndpointRequest {
 export interface EndpointView {
   formats: readonly ResultType[]
   presentation?: Presentation | undefined
+  /** Only the operations of this async route (`OperationRouteOptions.route`). */
+  route?: string | undefined
+  /** For `query`: turns the app's body into longrun's conditions (`OperationRouteOptions.readQuery`). */
+  readQuery?: ((body: unknown) => unknown) | undefined
 }
 
 export interface OperationRoute {

@@ -42,11 +42,6 @@ export interface StartOptions {
   env?: Record<string, string>
   /** How long `GET /` may take to answer. @default 20000 */
   readyTimeoutMs?: number
-  /**
-   * Starts a seed example (`npm run example -- <name>`) instead of the demo; it is ready once `GET /`
-   * gets any answer, since the examples serve no index.
-   */
-  example?: string
 }
 
 const live = new Set<ChildServer>()
@@ -79,7 +74,7 @@ export async function startServer(options: StartOptions): Promise<ChildServer> {
     if (port === 3000) continue
     const server = spawnServer(port, options)
     try {
-      await waitReady(server, options.readyTimeoutMs ?? 20_000, options.example ? 500 : 201)
+      await waitReady(server, options.readyTimeoutMs ?? 20_000)
       return server
     } catch (err) {
       await server.kill('SIGKILL')
@@ -97,12 +92,7 @@ export async function killAllServers(): Promise<void> {
 function spawnServer(port: number, options: StartOptions): ChildServer {
   const child: ChildProcess = spawn(
     process.execPath,
-    [
-      '--conditions=longrun-source',
-      '--import',
-      'tsx',
-      ...(options.example ? ['examples/seeds/run.ts', options.example] : ['examples/demo/main.ts']),
-    ],
+    ['--conditions=longrun-source', '--import', 'tsx', 'examples/demo/main.ts'],
     {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -230,8 +220,7 @@ export function listensOn(pid: number, port: number): boolean | undefined {
   }
 }
 
-/** Waits until `GET /` answers with a status below `below`. */
-async function waitReady(server: ChildServer, timeoutMs: number, below: number): Promise<void> {
+async function waitReady(server: ChildServer, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
     if (server.exit) throw new Error(`the server exited before answering: ${JSON.stringify(server.exit)}`)
@@ -240,7 +229,7 @@ async function waitReady(server: ChildServer, timeoutMs: number, below: number):
       await res.arrayBuffer()
       // Someone else may have taken the port between freePort() and the child's listen: then the
       // answer is theirs, and the child will soon exit with EADDRINUSE.
-      if (res.status >= 200 && res.status < below && listensOn(server.pid, server.port) !== false) return
+      if (res.status === 200 && listensOn(server.pid, server.port) !== false) return
     } catch {
       // Not listening yet.
     }

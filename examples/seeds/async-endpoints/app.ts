@@ -54,6 +54,10 @@ async function processRequest(
   return { isSucceeded: true, data: { resourceId, message: request.message ?? null, query, headers, attempt } }
 }
 
+/** The warning a request without a request id gets, in the job it made. */
+export const MISSING_REQUEST_ID =
+  'Send an Async-Job-Id (or X-Request-Id) header: a request sent again with the same id makes no second job.'
+
 export interface AsyncEndpointsAppOptions {
   store: Store
   logLevel?: string
@@ -68,6 +72,8 @@ export async function buildApp(options: AsyncEndpointsAppOptions) {
     url: '/:resourceId',
     name: 'async-endpoint',
     schema: { params: Type.Object({ resourceId: Type.String() }), body: Request },
+    // Workers pick jobs up as available: 4 at once in this process.
+    concurrency: 4,
     // "It will also retry based on configurations": 3 attempts in all, 200 ms apart.
     retry: { attempts: 3, backoff: 'fixed', delay: '200ms', jitter: false },
     // MapAsyncPost's delegate: validation before anything is queued; returning is `await next()`.
@@ -78,8 +84,12 @@ export async function buildApp(options: AsyncEndpointsAppOptions) {
       const body = request.body as typeof Request.static
       if (body.message !== undefined && body.message.trim() === '') errors.push('message must not be blank')
       if (errors.length > 0) return reply.code(400).send({ errors })
-      return undefined
+      // "Request send without request id will have a warning to use that header."
+      const identified = REQUEST_ID_HEADERS.some((header) => request.headers[header] !== undefined)
+      return identified ? undefined : { warning: MISSING_REQUEST_ID }
     },
+    // The job as longrun shows it, with the warning of a request sent without a request id.
+    present: ({ input: _input, context, ...job }) => ({ ...job, ...context }),
     // AsyncEndpointHandler<Request, Response>.HandleAsync(context)
     async handler(op) {
       const resourceId = op.params.resourceId

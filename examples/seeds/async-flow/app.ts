@@ -58,9 +58,11 @@ export function mapFlow<S extends TObject, Response>(
   configuration: FlowConfiguration = {},
 ): void {
   const id = { in: 'path', name: 'jobId' } as const
+  // Each flow's endpoints serve only its own jobs, as AsyncFlow's do.
+  const route = `flow.${flowName}`
   app.longrun.route({
     url: `/${flowName}`,
-    name: `flow.${flowName}`,
+    name: route,
     schema: { body: flow.request },
     timeout: configuration.timeout ?? '10m',
     concurrency: configuration.concurrency ?? 4,
@@ -78,6 +80,7 @@ export function mapFlow<S extends TObject, Response>(
     action: 'status',
     url: `/${flowName}/:jobId/status`,
     id,
+    route,
     states: STATES,
     present: (job) => ({
       RequestId: job.id,
@@ -86,11 +89,12 @@ export function mapFlow<S extends TObject, Response>(
       progressData: { progress: job.progress.step ?? null, percentage: job.progress.percent },
     }),
   })
-  app.longrun.operationRoute({ action: 'result', url: `/${flowName}/:jobId/result`, id })
+  app.longrun.operationRoute({ action: 'result', url: `/${flowName}/:jobId/result`, id, route })
   app.longrun.operationRoute({
     action: 'error',
     url: `/${flowName}/:jobId/error`,
     id,
+    route,
     present: (job) => ({
       JobId: job.id,
       Error: {
@@ -101,7 +105,7 @@ export function mapFlow<S extends TObject, Response>(
       },
     }),
   })
-  app.longrun.operationRoute({ action: 'delete', method: 'DELETE', url: `/${flowName}/:jobId`, id })
+  app.longrun.operationRoute({ action: 'delete', method: 'DELETE', url: `/${flowName}/:jobId`, id, route })
 }
 
 /** What a job throws: its name is the error endpoint's `Type`. */
@@ -150,7 +154,10 @@ export const generateReport: AsyncFlowJob<
 > = async (request, progress, signal) => {
   const sections: string[] = []
   for (let i = 1; i <= request.sections; i++) {
-    await progress.report({ progress: `Writing section ${i}`, percentage: Math.round((100 * (i - 1)) / request.sections) })
+    await progress.report({
+      progress: `Writing section ${i}`,
+      percentage: Math.round((100 * (i - 1)) / request.sections),
+    })
     await sleep(request.delayMs, undefined, { signal })
     sections.push(`${request.title}, section ${i}`)
   }

@@ -5,7 +5,6 @@ import type { ApiDescription, JsonSchema, Presentation, ResolvedMount } from '..
 import type { ResolvedProtocolOptions } from '../options.js'
 import { PROBLEM_CONTENT_TYPE } from '../problem.js'
 import type { ResolvedAsyncRoute } from '../route.js'
-import type { EndpointName } from '../routes.js'
 import type { SchemaPart } from '../schema.js'
 import {
   COMPONENTS,
@@ -116,7 +115,7 @@ export function openApiDocument(description: ApiDescription): OpenApiDocument {
     const item = (doc.paths[path] ??= {})
     item[method.toLowerCase() as keyof PathItem] = operation
   }
-  for (const route of routes) add(route.method, route.url, routeOperation(route, options, unique))
+  for (const route of routes) add(route.method, route.prefix + route.url, routeOperation(route, options, unique))
   const resultTypes = RESULT_TYPES.filter((type) => routes.some((route) => route.resultTypes.includes(type)))
   for (const mount of mounts) {
     const id = unique(mount.builtIn ? mount.action : `${mount.action}:${mount.url}`)
@@ -433,7 +432,7 @@ function mountOperation(
   })
   const streamNote =
     'Server-sent events: `id:` the event, `event:` its name, `data:` the operation resource with the event under `event`.'
-  const action = mount.action as EndpointName
+  const action = mount.action
   switch (action) {
     case 'status':
       spec = {

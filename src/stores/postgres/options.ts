@@ -6,6 +6,7 @@ import type {
   EventLog,
   Exclusive,
   Outbox,
+  Pingable,
   Queryable,
   Store,
   StoreNotice,
@@ -35,7 +36,8 @@ export interface PostgresStoreOptions extends pg.PoolConfig {
 }
 
 /** A PostgreSQL store; `ready()` surfaces a failed migration (e.g. `schema-too-new`) at startup. */
-export interface PostgresStore extends Store, EventLog, EventFeed, Queryable, Trimmable, Exclusive, Outbox, Deferrable {
+export interface PostgresStore
+  extends Store, EventLog, EventFeed, Queryable, Trimmable, Exclusive, Outbox, Deferrable, Pingable {
   readonly schema: string
   /** Resolves once the schema is migrated; rejects as every other call would (e.g. `schema-too-new`). */
   ready(): Promise<void>

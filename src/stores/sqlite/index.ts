@@ -1,4 +1,13 @@
-import type { Deferrable, EventFeed, EventLog, Outbox, Queryable, Store, Trimmable } from '../../core/store.js'
+import type {
+  Deferrable,
+  EventFeed,
+  EventLog,
+  Outbox,
+  Pingable,
+  Queryable,
+  Store,
+  Trimmable,
+} from '../../core/store.js'
 import type { SqliteStoreOptions } from './options.js'
 import { SqliteStore } from './store.js'
 
@@ -12,6 +21,6 @@ export type { SqliteStoreOptions } from './options.js'
  */
 export function sqliteStore(
   options: SqliteStoreOptions,
-): Store & EventLog & EventFeed & Queryable & Trimmable & Outbox & Deferrable {
+): Store & EventLog & EventFeed & Queryable & Trimmable & Outbox & Deferrable & Pingable {
   return new SqliteStore(options)
 }

@@ -127,9 +127,9 @@ interface ClientError extends Error {
 function clientProblem(err: ClientError): Problem {
   switch (err.code) {
     case 'ERR_HTTP_REQUEST_TIMEOUT':
-      return problem('bad-request', 'The request was not received in time.', {}, 408)
+      return problem('request-timeout', 'The request was not received in time.')
     case 'HPE_HEADER_OVERFLOW':
-      return problem('bad-request', "The request line and headers exceed the server's size limit.", {}, 431)
+      return problem('headers-too-large', "The request line and headers exceed the server's size limit.")
   }
   // llhttp's reason is short ASCII (e.g. 'Invalid header value char'); kept printable all the same.
   const reason = (err.reason ?? err.message ?? '').replace(/[^\x20-\x7e]/g, '').slice(0, 120)

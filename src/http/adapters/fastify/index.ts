@@ -232,10 +232,8 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
   const declare = (context: FastifyInstance): Longrun => ({
     engine,
     route(options) {
-      const route = protocol.addRoute(options)
-      const beforeQueue = route.beforeQueue as
-        | ((request: FastifyRequest, reply: FastifyReply) => unknown)
-        | undefined
+      const route = protocol.addRoute(options, context.prefix)
+      const beforeQueue = route.beforeQueue as ((request: FastifyRequest, reply: FastifyReply) => unknown) | undefined
       inContext(context, route.method, route.url, (scope, url) =>
         scope.route({
           method: route.method as HTTPMethods,
@@ -272,7 +270,12 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
     },
     operationRoute(options) {
       const mount = protocol.addMount(options as OperationRouteOptions, context.prefix)
-      const view: EndpointView = { formats: mount.formats, presentation: mount.presentation }
+      const view: EndpointView = {
+        formats: mount.formats,
+        presentation: mount.presentation,
+        readQuery: mount.readQuery,
+        route: mount.route,
+      }
       inContext(context, mount.method, options.url, (scope, url) =>
         scope.route({
           method: mount.method,
@@ -284,7 +287,7 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
           handler: (request, reply) => {
             const id = mount.id ? idOf(mount.id, request, valuesOf(request)) : ''
             const query = mount.id ? queryWithoutId(mount.id, request.query) : request.query
-            return answer(mount.action as EndpointName, id, request, reply, view, query)
+            return answer(mount.action, id, request, reply, view, query)
           },
         }),
       )
@@ -320,41 +323,46 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
   }
 
   const notFound = operationsNotFound(opts.basePath)
-  if (opts.operationsApi) await app.register(
-    async (api) => {
-      api.setErrorHandler(problemErrorHandler)
-      api.setNotFoundHandler(notFound)
-      // Before authentication: a preflight carries no credentials.
-      if (cors) await addCors(api, cors, (request) => allowedMethods(pathOf(request).slice(opts.basePath.length)))
-      // Every route of this context, present and future, authenticates before anything else.
-      api.addHook('onRequest', authenticate)
-      for (const route of OPERATION_ROUTES) {
-        api.route<{ Params: { id?: string } }>({
-          method: route.method,
-          url: route.path === '' ? '/' : route.path,
+  if (opts.operationsApi)
+    await app.register(
+      async (api) => {
+        api.setErrorHandler(problemErrorHandler)
+        api.setNotFoundHandler(notFound)
+        // Before authentication: a preflight carries no credentials.
+        if (cors) await addCors(api, cors, (request) => allowedMethods(pathOf(request).slice(opts.basePath.length)))
+        // Every route of this context, present and future, authenticates before anything else.
+        // Liveness and readiness probes excepted: a load balancer has no credentials to send.
+        const probes = new Set([`${opts.basePath}/health`, `${opts.basePath}/ready`])
+        api.addHook('onRequest', async function (request, reply) {
+          if (!probes.has(pathOf(request))) await authenticate.call(this, request, reply, () => {})
+        })
+        for (const route of OPERATION_ROUTES) {
+          api.route<{ Params: { id?: string } }>({
+            method: route.method,
+            url: route.path === '' ? '/' : route.path,
+            bodyLimit: opts.bodyLimit,
+            preParsing: limited,
+            handler: (request, reply) => answer(route.name, request.params.id ?? '', request, reply),
+          })
+        }
+        // An id longer than the server's `maxParamLength` (Fastify's default: 100) misses the routes
+        // above and would get Fastify's bare 414: answer it here like any other id.
+        api.route<{ Params: { '*': string } }>({
+          method: ['GET', 'POST', 'DELETE'],
+          url: '/*',
           bodyLimit: opts.bodyLimit,
           preParsing: limited,
-          handler: (request, reply) => answer(route.name, request.params.id ?? '', request, reply),
+          handler: (request, reply) => {
+            // Fastify serves HEAD with the GET handler: match it as GET.
+            const method = request.method === 'HEAD' ? 'GET' : request.method
+            const match = matchOperationRoute(method, `/${request.params['*']}`)
+            if (!match || match.id === '') return notFound(request, reply)
+            return answer(match.route.name, match.id, request, reply)
+          },
         })
-      }
-      // An id longer than the server's `maxParamLength` (Fastify's default: 100) misses the routes
-      // above and would get Fastify's bare 414: answer it here like any other id.
-      api.route<{ Params: { '*': string } }>({
-        method: ['GET', 'POST', 'DELETE'],
-        url: '/*',
-        bodyLimit: opts.bodyLimit,
-        preParsing: limited,
-        handler: (request, reply) => {
-          // Fastify serves HEAD with the GET handler: match it as GET.
-          const method = request.method === 'HEAD' ? 'GET' : request.method
-          const match = matchOperationRoute(method, `/${request.params['*']}`)
-          if (!match || match.id === '') return notFound(request, reply)
-          return answer(match.route.name, match.id, request, reply)
-        },
-      })
-    },
-    { prefix: mounted.basePath },
-  )
+      },
+      { prefix: mounted.basePath },
+    )
 
   if (opts.docs) await serveDocs(app, () => protocol.describe(), opts.docs)
 
@@ -394,6 +402,8 @@ export type {
   PresentInput,
 } from '../../mounts.js'
 export type { JsonSchema, Presentation } from '../../present.js'
+export { withSecurity, type SecurityAlternative, type SecurityScheme } from '../../openapi/security.js'
+export type { DocsOptions } from '../../openapi/options.js'
 export type { CallbackOptions } from '../../callback.js'
 export type { WebhookEndpoint, WebhookOptions } from '../../webhooks/options.js'
 export type { WebhookPayload } from '../../webhooks/deliveries.js'
