@@ -506,3 +506,40 @@ describe('deferred start', () => {
     expectProblem(await client.post(`/operations/${id}/start`), 409, 'operation-started')
   })
 })
+
+describe('answers of bounded size', () => {
+  it('lists operations without their results, however large, and serves each result on its own', async () => {
+    const megabyte = 'x'.repeat(1_048_576)
+    const client = await serve(
+      (app) => {
+        app.longrun.route({
+          url: '/big',
+          name: 'big',
+          handler: async (op) => {
+            await op.progress(50, 's'.repeat(1_000), 'd'.repeat(5_000))
+            return { blob: megabyte }
+          },
+        })
+      },
+      { formats: [...ALL_FORMATS] },
+      sqlite(),
+    )
+    const ids: string[] = []
+    for (let i = 0; i < 5; i++) ids.push((await client.post('/big', {})).body.id)
+    for (const id of ids) await client.waitForState(id, 'succeeded')
+    for (const page of [await client.get('/operations?limit=100'), await client.post('/operations/query', {})]) {
+      expect(page.body.items).toHaveLength(5)
+      expect(page.text.length).toBeLessThan(20_000)
+      for (const item of page.body.items) {
+        expect(item.result).toBeUndefined()
+        expect(item.resourceLocation).toBe(`/operations/${item.id}/result`)
+      }
+    }
+    const one = await client.get(`/operations/${ids[0]}/result`)
+    expect(one.body.blob).toHaveLength(1_048_576)
+    // The handler's over-long progress texts are cut, not stored whole.
+    const { progress } = (await client.get(`/operations/${ids[0]}`)).body
+    expect(progress.step).toHaveLength(200)
+    expect(progress.description).toHaveLength(1_000)
+  })
+})

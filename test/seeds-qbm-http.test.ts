@@ -48,6 +48,8 @@ describe('qbm-http: GET /async-task, made async', () => {
     const res = await asyncTask(server, 200, { headers: { 'x-user-id': '42' } })
     expect(res.status).toBe(200)
     expect(res.headers.get('content-type')).toMatch(/^application\/json/)
+    // completion->header(name, value): a header of the handler's answer.
+    expect(res.headers.get('x-completed-by')).toBe('async-worker')
     expect(res.json).toEqual({ user_id: '42', name: 'User 42', fetchedAfterMs: 200, check_passed: true })
     const location = res.headers.get('content-location')!
     expect(location).toMatch(/^\/operations\/[0-9a-f-]{36}$/)
@@ -92,13 +94,12 @@ describe('qbm-http: GET /async-task, made async', () => {
 
   it('answers an error instead of the result when the work fails (completion->cancel)', async () => {
     const res = await call(server.url, 'GET', '/async-task?delayMs=10&fail=true', { headers: { 'x-user-id': '7' } })
-    expect(res.status).toBe(409)
-    expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/)
-    expect(res.json).toMatchObject({
-      code: 'operation-failed',
-      state: 'failed',
-      error: { detail: 'No data for user 7' },
-    })
+    // completion->cancel(404, message): the status and message the handler chose.
+    expect(res.status).toBe(404)
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain/)
+    expect(res.text).toBe('No data for user 7')
+    const location = res.headers.get('content-location')!
+    expect((await call(server.url, 'GET', `${location}/error`)).json.error).toMatchObject({ statusCode: 404 })
   })
 
   describe('the async middleware', () => {
@@ -142,9 +143,17 @@ describe('qbm-http: GET /async-task, made async', () => {
     })
   })
 
-  // Library gaps, each a part of the seed with no counterpart in longrun's public API.
-  it.todo('force_timeout_all_requests: times out every held request on demand (408), not only at shutdown')
-  it.todo("completion->status(code).header(name, value): the handler chooses the held answer's status and headers")
+  it('force_timeout_all_requests: times out every held request now (408), and the work goes on', async () => {
+    const { answers, running } = await holdRunning(server, 3)
+    const forced = await call(server.url, 'POST', '/admin/force-timeout')
+    expect(forced.status).toBe(204)
+    for (const answer of await Promise.all(answers)) {
+      expect(answer.status).toBe(408)
+      expect(answer.json).toMatchObject({ code: 'hold-timeout', state: 'running' })
+    }
+    for (const id of running) expect((await call(server.url, 'GET', `/operations/${id}`)).json.state).toBe('running')
+    for (const id of running) await call(server.url, 'POST', `/operations/${id}/cancel`)
+  })
 
   // Last: it stops `server`.
   it('answers every held request at shutdown (503 shutting-down with Location), then exits', async () => {

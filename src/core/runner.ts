@@ -390,11 +390,21 @@ function checkedProgress(
   } else {
     fixes.push(`percent ${shown(percent)}: not a finite number, kept ${previous}`)
   }
-  if (typeof step === 'string') progress.step = step
+  if (typeof step === 'string') progress.step = cut(step, MAX_STEP, 'step', fixes)
   else if (step !== undefined) fixes.push(`step ${shown(step)}: not a string, left out`)
-  if (typeof description === 'string') progress.description = description
+  if (typeof description === 'string') progress.description = cut(description, MAX_DESCRIPTION, 'description', fixes)
   else if (description !== undefined) fixes.push(`description ${shown(description)}: not a string, left out`)
   return { progress, fixes }
+}
+
+// Progress is in every list item and event of the operation: its texts are kept short.
+const MAX_STEP = 200
+const MAX_DESCRIPTION = 1_000
+
+function cut(text: string, max: number, what: string, fixes: string[]): string {
+  if (text.length <= max) return text
+  fixes.push(`${what} of ${text.length} characters: cut to ${max}`)
+  return text.slice(0, max)
 }
 
 /** A value a handler passed, as the warning shows it: short, and never the content of an object. */

@@ -1,6 +1,13 @@
 // The framework-neutral side of HTTP: what a worker needs to define its routes without loading an
 // HTTP framework, and what an adapter builds on.
-export { defineAsyncRoute, type AnyAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema } from './route.js'
+export {
+  defineAsyncRoute,
+  type AnyAsyncRoute,
+  type AsyncRouteOptions,
+  type AsyncRouteSchema,
+  type HeldAnswer,
+  type HoldOptions,
+} from './route.js'
 export type { ProtocolOptions } from './options.js'
 export type { ResultType } from './formats.js'
 export type { IdLocation, OperationAction, OperationRouteOptions, PresentedPage, PresentedResource } from './mounts.js'

@@ -26,6 +26,7 @@ import {
   resolveAsyncRoute,
   type AsyncRouteOptions,
   type AsyncRouteSchema,
+  type HeldAnswer,
   type ResolvedAsyncRoute,
   type SchemaTypeProvider,
 } from './route.js'
@@ -323,7 +324,9 @@ export class OperationsProtocol {
     const vary = { vary: 'Prefer', ...headers }
     const accepted = (as: Operation) => this.#acceptedAsPreferred(as, vary, prefer, parts, route.presentation)
     if (!waitMs || !slot) return accepted(op)
-    const done = await this.#realtime.wait(access, op.id, waitMs, parts.signal, slot)
+    const held = route.hold ? this.#realtime.heldTimeout : undefined
+    const stop = held && parts.signal ? AbortSignal.any([parts.signal, held]) : (held ?? parts.signal)
+    const done = await this.#realtime.wait(access, op.id, waitMs, stop, slot)
     if (parts.signal?.aborted) {
       if (route.hold?.cancelOnDisconnect && !isTerminal(done.state)) await access.cancel(op.id).catch(() => {})
       return accepted(done)
@@ -339,7 +342,36 @@ export class OperationsProtocol {
     }
     const answered: Record<string, string> = { ...vary, 'content-location': this.#location(op.id) }
     if (route.hold === undefined) answered['preference-applied'] = `wait=${prefer.get('wait')}`
+    const respond = route.hold?.respond
+    const resource = respond && {
+      ...toResource(done, this.#resourceOptions),
+      input: done.input,
+      context: done.context ?? {},
+    }
+    const answer = resource && respond!(resource)
+    if (answer) return this.#respond(answer, answered, parts)
     return this.#outcome(done, headerOf(parts, 'accept'), answered)
+  }
+
+  /**
+   * Answers every held request waiting now as its hold timeout would (`408 hold-timeout`, or `202`):
+   * qbm-http's `force_timeout_all_requests`. The operations go on.
+   */
+  timeoutHeld(): void {
+    this.#realtime.timeoutHeld()
+  }
+
+  /** A held request's answer as the route's `hold.respond` makes it. */
+  #respond(answer: HeldAnswer, headers: Record<string, string>, request: Viewed): HttpReply {
+    const given = Object.fromEntries(
+      Object.entries(answer.headers ?? {}).map(([name, value]) => [name.toLowerCase(), value]),
+    )
+    const reply = { status: answer.status ?? 200, headers: { ...headers, ...given } }
+    if (answer.body === undefined) return reply
+    if (typeof answer.body === 'string') {
+      return { ...reply, headers: { 'content-type': 'text/plain; charset=utf-8', ...reply.headers }, body: answer.body }
+    }
+    return this.#encoded({ ...reply, body: answer.body }, request, 'result', true)
   }
 
   #acceptedAsPreferred(

@@ -46,6 +46,8 @@ export class Realtime {
   readonly #pollMs: number
   readonly #groups: (group: string) => string[]
   readonly #shutdown = new AbortController()
+  /** Aborted (then replaced) by `timeoutHeld`: every held request waiting then times out now. */
+  #timeoutHeld = new AbortController()
   readonly #slots = new Map<string, number>()
 
   constructor(options: ResolvedProtocolOptions, pollMs: number, groups: (group: string) => string[]) {
@@ -56,6 +58,18 @@ export class Realtime {
 
   get closing(): boolean {
     return this.#shutdown.signal.aborted
+  }
+
+  /** The signal that times out the held requests waiting now (`timeoutHeld`). */
+  get heldTimeout(): AbortSignal {
+    return this.#timeoutHeld.signal
+  }
+
+  /** Answers every held request waiting now as its hold timeout would (qbm-http's `force_timeout_all_requests`). */
+  timeoutHeld(): void {
+    const now = this.#timeoutHeld
+    this.#timeoutHeld = new AbortController()
+    now.abort()
   }
 
   shutdown(): void {

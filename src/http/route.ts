@@ -90,6 +90,22 @@ export interface HoldOptions {
   onTimeout?: 'accepted' | 'timeout'
   /** Cancel the operation when the client goes away before its answer. @default false */
   cancelOnDisconnect?: boolean
+  /**
+   * The held request's answer once the operation ended, in the route's own terms (qbm-http's
+   * `completion->status(code).header(name, value).body(...)`): it gets the operation (with its
+   * `input`, `context`, `result` or `error`). A string body is sent as is (`text/plain` unless a
+   * `content-type` header is given), anything else in the route's formats. `undefined`, and by
+   * default: the result (200), or the problem that says why there is none.
+   */
+  respond?: (op: PresentedResource) => HeldAnswer | undefined
+}
+
+/** What a held request is answered with (`HoldOptions.respond`). */
+export interface HeldAnswer {
+  /** @default 200 */
+  status?: number
+  headers?: Record<string, string>
+  body?: unknown
 }
 
 /** Any async route's options, e.g. for a list of differently typed routes. */
@@ -133,7 +149,14 @@ export interface ResolvedAsyncRoute {
   bodyLimit: number | undefined
   idempotency: IdempotencyMode
   sseGroup: string | undefined
-  hold: { timeoutMs: number; onTimeout: 'accepted' | 'timeout'; cancelOnDisconnect: boolean } | undefined
+  hold:
+    | {
+        timeoutMs: number
+        onTimeout: 'accepted' | 'timeout'
+        cancelOnDisconnect: boolean
+        respond: HoldOptions['respond']
+      }
+    | undefined
   callback: ResolvedCallback | undefined
   start: 'auto' | 'manual'
   beforeQueue: ((request: never, reply: never) => unknown) | undefined
@@ -241,5 +264,8 @@ function resolveHold(name: string, hold: HoldOptions): NonNullable<ResolvedAsync
   if (onTimeout !== 'accepted' && onTimeout !== 'timeout') {
     throw invalidOption(`${name}.hold.onTimeout`, "must be 'accepted' or 'timeout'")
   }
-  return { timeoutMs, onTimeout, cancelOnDisconnect: hold.cancelOnDisconnect === true }
+  if (hold.respond !== undefined && typeof hold.respond !== 'function') {
+    throw invalidOption(`${name}.hold.respond`, 'must be a function')
+  }
+  return { timeoutMs, onTimeout, cancelOnDisconnect: hold.cancelOnDisconnect === true, respond: hold.respond }
 }

@@ -70,7 +70,19 @@ export async function buildApp(options: QbmAppOptions) {
       },
       // ctx.make_async(): answer when the work ends; 408 after the async timeout; a client that
       // hangs up cancels the work (its signal aborts: `is_session_connected()` is false).
-      hold: { timeout: `${asyncTimeout}s`, onTimeout: 'timeout', cancelOnDisconnect: true },
+      hold: {
+        timeout: `${asyncTimeout}s`,
+        onTimeout: 'timeout',
+        cancelOnDisconnect: true,
+        // completion->status(code).header(name, value).body(...).complete(), and
+        // completion->cancel(status_code, message): the answer's status, headers and body.
+        respond: (op) =>
+          op.state === 'succeeded'
+            ? { status: 200, headers: { 'x-completed-by': 'async-worker' }, body: op.result }
+            : op.state === 'failed'
+              ? { status: Number(op.error?.statusCode ?? 500), body: op.error?.detail ?? 'failed' }
+              : undefined,
+      },
       timeout: 'none',
       // Held requests are cheap to wait on: many may be pending at once.
       concurrency: 64,
@@ -89,11 +101,19 @@ export async function buildApp(options: QbmAppOptions) {
         // Before sending: is the client still there? A cancel or a hang-up aborts the signal.
         op.signal.throwIfAborted()
         // completion->cancel(status_code, message): an error answer instead of the result.
-        if (op.query.fail) throw new OperationFailure(`No data for user ${userId}`, {}, { retryable: false })
+        if (op.query.fail) {
+          throw new OperationFailure(`No data for user ${userId}`, { statusCode: 404 }, { retryable: false })
+        }
         // completion->status(200).header("Content-Type", "application/json").body(result).complete()
         return result
       },
     })
+  })
+
+  // router.force_timeout_all_requests(): every pending async request times out now (408).
+  app.post('/admin/force-timeout', async (_request, reply) => {
+    app.longrun.timeoutHeld()
+    return reply.code(204).send()
   })
   return app
 }

@@ -69,6 +69,12 @@ export interface Longrun<TP extends SchemaTypeProvider = SchemaTypes> {
    * problems as the built-in API; the id is read where `id` says (docs/custom-routes.md).
    */
   operationRoute<A extends OperationAction>(options: OperationRouteOptions<A>): void
+  /**
+   * Answers every held request waiting now (routes with `hold`) as its timeout would: `408
+   * hold-timeout` or `202`, by the route's `onTimeout` (qbm-http's `force_timeout_all_requests`).
+   * The operations go on.
+   */
+  timeoutHeld(): void
 }
 
 /** An async route's options with its `beforeQueue` hook in Fastify's terms. */
@@ -268,6 +274,7 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
         }),
       )
     },
+    timeoutHeld: () => protocol.timeoutHeld(),
     operationRoute(options) {
       const mount = protocol.addMount(options as OperationRouteOptions, context.prefix)
       const view: EndpointView = {
@@ -388,7 +395,14 @@ export default longrun
 
 export { problemErrorHandler, problemFrameworkErrors, problemNotFoundHandler } from './errors.js'
 export { problemClientErrorHandler } from './errors.js'
-export { defineAsyncRoute, type AnyAsyncRoute, type AsyncRouteOptions, type AsyncRouteSchema } from '../../route.js'
+export {
+  defineAsyncRoute,
+  type AnyAsyncRoute,
+  type AsyncRouteOptions,
+  type AsyncRouteSchema,
+  type HeldAnswer,
+  type HoldOptions,
+} from '../../route.js'
 export type { ProtocolOptions } from '../../options.js'
 export type { LongrunCorsOptions } from './cors.js'
 export { EXPOSED_HEADERS } from '../../routes.js'
