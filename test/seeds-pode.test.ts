@@ -249,5 +249,10 @@ describe('features', () => {
     }
     expect(Object.keys(document.paths['/asyncCallback'].put.callbacks ?? {})).not.toHaveLength(0)
     expect(Object.keys(document.paths['/task'])).toEqual(expect.arrayContaining(['get', 'delete']))
+    // The query route takes Pode's body, which only the app knows: it is not described as longrun's.
+    expect(document.paths['/tasks/query'].post.description).toMatch(/readQuery/)
+    expect(document.paths['/tasks/query'].post.requestBody.content['application/json'].schema).toEqual({
+      type: 'object',
+    })
   })
 })

@@ -295,7 +295,9 @@ function routeOperation(
     ...commonProblems(options),
   ]
   const waited = route.hold
-    ? `Held until the operation ends (at most ${route.hold.timeoutMs / 1000} s): its result.`
+    ? route.hold.respond
+      ? `Held until the operation ends (at most ${route.hold.timeoutMs / 1000} s): the route's own answer (\`hold.respond\`), whose status and body it chooses.`
+      : `Held until the operation ends (at most ${route.hold.timeoutMs / 1000} s): its result.`
     : 'With `Prefer: wait=N`, when the operation succeeded in time: its result.'
   const responses: Record<string, Response> = {
     '200': {
@@ -561,9 +563,12 @@ function mountOperation(
     case 'query':
       spec = {
         summary: 'Query operations',
-        description: 'The operations that meet every condition of the body (docs/query.md).',
+        description: mount.readQuery
+          ? "The operations that meet every condition of the body, in the app's own form (its `readQuery` turns it into docs/query.md's)."
+          : 'The operations that meet every condition of the body (docs/query.md).',
         parameters: pageParameters,
-        body: ref('QueryConditions'),
+        // The app's form is the app's: only longrun's own can be described here.
+        body: mount.readQuery ? { type: 'object' } : ref('QueryConditions'),
         responses: { '200': ok('A page of operations.', page) },
         problems: [
           'invalid-query',
@@ -644,10 +649,12 @@ function mountOperation(
       throw new Error(`OpenAPI: no documentation of the action '${action satisfies never}'`)
   }
   const responses = { ...spec.responses, ...problems([...codes, ...(spec.problems ?? [])]) }
+  const limited = mount.route === undefined ? undefined : `Only the operations of the route \`${mount.route}\`.`
+  const description = [spec.description, limited].filter(Boolean).join(' ')
   return {
     operationId: id,
     summary: spec.summary,
-    ...(spec.description ? { description: spec.description } : {}),
+    ...(description ? { description } : {}),
     tags: [mount.builtIn ? TAGS.operations : TAGS.mounted],
     parameters: [...parameters, ...(spec.parameters ?? [])],
     ...(spec.body ? { requestBody: { required: false, content: content(['application/json'], spec.body) } } : {}),
