@@ -1,24 +1,25 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { tempDir } from './helpers/http.js'
-import { call, startSeed, type Json, type SeedServer } from './helpers/seeds.js'
+import { call, startSeed, type Json } from './helpers/seeds.js'
+import type { ChildServer } from './helpers/child-server.js'
 import { until } from './helpers/until.js'
 
 // examples/seeds/async-endpoints: AsyncEndpoints' design (seed 003) over real sockets, against the
 // example running as `npm run example -- async-endpoints` does.
 
-let server: SeedServer
+let server: ChildServer
 let dir: ReturnType<typeof tempDir>
 
 beforeAll(async () => {
   dir = tempDir('longrun-seed-async-endpoints-')
   server = await startSeed('async-endpoints', {
-    store: `sqlite:${dir.path}/async-endpoints.db`,
+    dbPath: `${dir.path}/async-endpoints.db`,
     env: { LOG_LEVEL: 'info' },
   })
 })
 
 afterAll(async () => {
-  await server?.stop()
+  await server?.kill('SIGTERM')
   dir?.remove()
 })
 

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { tempDir } from './helpers/http.js'
-import { call, startSeed, type Json, type SeedServer } from './helpers/seeds.js'
+import { call, startSeed, type Json } from './helpers/seeds.js'
+import type { ChildServer } from './helpers/child-server.js'
 import { until } from './helpers/until.js'
 
 // examples/seeds/async-flow: AsyncFlow's documented endpoints (seed 004), replayed over real sockets
@@ -8,16 +9,16 @@ import { until } from './helpers/until.js'
 
 const SECONDS_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/
 
-let server: SeedServer
+let server: ChildServer
 let dir: ReturnType<typeof tempDir>
 
 beforeAll(async () => {
   dir = tempDir('longrun-seed-async-flow-')
-  server = await startSeed('async-flow', { store: `sqlite:${dir.path}/async-flow.db` })
+  server = await startSeed('async-flow', { dbPath: `${dir.path}/async-flow.db` })
 })
 
 afterAll(async () => {
-  await server?.stop()
+  await server?.kill('SIGTERM')
   dir?.remove()
 })
 

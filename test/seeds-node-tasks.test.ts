@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { tempDir, type Json } from './helpers/http.js'
-import { startSeed, type SeedServer } from './helpers/seeds.js'
+import { startSeed } from './helpers/seeds.js'
+import type { ChildServer } from './helpers/child-server.js'
 import { until } from './helpers/until.js'
 
 // The Node "async task system" seed (../shared/seeds/001), replayed on examples/seeds/node-tasks
@@ -8,16 +9,16 @@ import { until } from './helpers/until.js'
 // documented answers and shapes.
 
 const dir = tempDir('longrun-seed-node-tasks-')
-let server: SeedServer
+let server: ChildServer
 
 beforeAll(async () => {
   server = await startSeed('node-tasks', {
-    store: `sqlite:${dir.path}/tasks.db`,
+    dbPath: `${dir.path}/tasks.db`,
     env: { MAX_COMPLETED_TASKS: '2', MAX_FAILED_TASKS: '1', TASK_CLEANUP_INTERVAL: '3600000', LOG_LEVEL: 'debug' },
   })
 }, 30_000)
 afterAll(async () => {
-  await server?.stop()
+  await server?.kill('SIGTERM')
   dir.remove()
 })
 

@@ -6,7 +6,8 @@ import { Webhook } from 'standardwebhooks'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parse as parseYaml } from 'yaml'
 import { tempDir } from './helpers/http.js'
-import { call, startSeed, type Json, type SeedServer } from './helpers/seeds.js'
+import { call, startSeed, type Json } from './helpers/seeds.js'
+import type { ChildServer } from './helpers/child-server.js'
 import { until } from './helpers/until.js'
 
 // examples/seeds/pode: Pode's async routes (seed 000), started as `npm run example -- pode` does,
@@ -23,14 +24,14 @@ const receiver = createServer((request, response) => {
   })
 })
 
-let server: SeedServer
+let server: ChildServer
 let dir: ReturnType<typeof tempDir>
 
 beforeAll(async () => {
   dir = tempDir('longrun-seed-pode-')
   await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve))
   server = await startSeed('pode', {
-    store: `sqlite:${dir.path}/pode.db`,
+    dbPath: `${dir.path}/pode.db`,
     env: {
       PODE_SECOND_MS: '20',
       LONGRUN_WEBHOOK_SECRET: SECRET,
@@ -41,7 +42,7 @@ beforeAll(async () => {
 })
 
 afterAll(async () => {
-  await server?.stop()
+  await server?.kill('SIGTERM')
   receiver.close()
   dir?.remove()
 })

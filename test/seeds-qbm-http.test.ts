@@ -1,39 +1,40 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { tempDir } from './helpers/http.js'
-import { call, startSeed, type Json, type SeedServer } from './helpers/seeds.js'
+import { call, startSeed, type Json } from './helpers/seeds.js'
+import type { ChildServer } from './helpers/child-server.js'
 import { until } from './helpers/until.js'
 
 // examples/seeds/qbm-http: qbm-http's asynchronous request handling (seed 002) over real sockets,
 // against the example running as `npm run example -- qbm-http` does: one server with the default
 // async timeout (60 s), one with ASYNC_TIMEOUT=1 for the 408.
 
-let server: SeedServer // ASYNC_TIMEOUT unset: 60 s
-let short: SeedServer // ASYNC_TIMEOUT=1
+let server: ChildServer // ASYNC_TIMEOUT unset: 60 s
+let short: ChildServer // ASYNC_TIMEOUT=1
 let dir: ReturnType<typeof tempDir>
 
 beforeAll(async () => {
   dir = tempDir('longrun-seed-qbm-http-')
   ;[server, short] = await Promise.all([
-    startSeed('qbm-http', { store: `sqlite:${dir.path}/qbm-http.db` }),
-    startSeed('qbm-http', { store: `sqlite:${dir.path}/qbm-http-short.db`, env: { ASYNC_TIMEOUT: '1' } }),
+    startSeed('qbm-http', { dbPath: `${dir.path}/qbm-http.db` }),
+    startSeed('qbm-http', { dbPath: `${dir.path}/qbm-http-short.db`, env: { ASYNC_TIMEOUT: '1' } }),
   ])
 })
 
 afterAll(async () => {
-  await Promise.all([server?.stop(), short?.stop()])
+  await Promise.all([server?.kill('SIGTERM'), short?.kill('SIGTERM')])
   dir?.remove()
 })
 
-const asyncTask = (on: SeedServer, delayMs: number, options: Parameters<typeof call>[3] = {}) =>
+const asyncTask = (on: ChildServer, delayMs: number, options: Parameters<typeof call>[3] = {}) =>
   call(on.url, 'GET', `/async-task?delayMs=${delayMs}`, options)
 
-const ids = async (on: SeedServer, state: string): Promise<string[]> =>
+const ids = async (on: ChildServer, state: string): Promise<string[]> =>
   (await call(on.url, 'GET', `/operations?name=qbm.async-task&state=${state}&limit=100`)).json.items.map(
     (item: Json) => item.id,
   )
 
 /** Starts held requests and resolves with their operations' ids once they all run. */
-async function holdRunning(on: SeedServer, count: number, options: Parameters<typeof call>[3] = {}) {
+async function holdRunning(on: ChildServer, count: number, options: Parameters<typeof call>[3] = {}) {
   const before = new Set(await ids(on, 'queued,running,succeeded,failed,canceled'))
   const answers = Array.from({ length: count }, () => asyncTask(on, 30_000, options))
   const running = await until(async () => {
@@ -158,7 +159,7 @@ describe('qbm-http: GET /async-task, made async', () => {
   // Last: it stops `server`.
   it('answers every held request at shutdown (503 shutting-down with Location), then exits', async () => {
     const { answers, running } = await holdRunning(server, 5)
-    const exit = server.stop('SIGTERM')
+    const exit = server.kill('SIGTERM')
     const results = await Promise.all(answers)
     for (const res of results) {
       expect(res.status).toBe(503)
@@ -169,7 +170,7 @@ describe('qbm-http: GET /async-task, made async', () => {
     expect(await exit).toEqual({ code: 0, signal: null })
 
     // The work was put back, not lost: the next start finds it again.
-    const next = await startSeed('qbm-http', { store: `sqlite:${dir.path}/qbm-http.db` })
+    const next = await startSeed('qbm-http', { dbPath: `${dir.path}/qbm-http.db` })
     try {
       for (const id of running) {
         const op = (await call(next.url, 'GET', `/operations/${id}`)).json
@@ -178,7 +179,7 @@ describe('qbm-http: GET /async-task, made async', () => {
         await call(next.url, 'POST', `/operations/${id}/cancel`)
       }
     } finally {
-      await next.stop()
+      await next.kill('SIGTERM')
     }
   })
 })

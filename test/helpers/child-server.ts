@@ -4,8 +4,9 @@ import { createServer } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 
-// Starts the demo server (examples/demo/main.ts) as a real child process on a SQLite file, for
-// crash and shutdown tests: what they kill is a process, not an in-process Fastify instance.
+// Starts the demo server (examples/demo/main.ts), or a seed example (examples/seeds/<name>), as a
+// real child process on a SQLite file, for crash, shutdown and seed tests: what they kill is a
+// process, not an in-process Fastify instance.
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const OUTPUT_LIMIT = 256 * 1024
@@ -40,8 +41,14 @@ export interface StartOptions {
   dbPath: string
   /** Added to, or overriding, the default environment. */
   env?: Record<string, string>
-  /** How long `GET /` may take to answer. @default 20000 */
+  /** How long the server may take to answer. @default 20000 */
   readyTimeoutMs?: number
+  /**
+   * Starts this seed example as `npm run example -- <name>` does (the same node arguments, without
+   * npm's own start-up) rather than the demo; it is ready once `GET /operations/stats` answers 200,
+   * since the examples serve no index.
+   */
+  example?: string
 }
 
 const live = new Set<ChildServer>()
@@ -74,7 +81,7 @@ export async function startServer(options: StartOptions): Promise<ChildServer> {
     if (port === 3000) continue
     const server = spawnServer(port, options)
     try {
-      await waitReady(server, options.readyTimeoutMs ?? 20_000)
+      await waitReady(server, options.readyTimeoutMs ?? 20_000, options.example ? '/operations/stats' : '/')
       return server
     } catch (err) {
       await server.kill('SIGKILL')
@@ -92,7 +99,12 @@ export async function killAllServers(): Promise<void> {
 function spawnServer(port: number, options: StartOptions): ChildServer {
   const child: ChildProcess = spawn(
     process.execPath,
-    ['--conditions=longrun-source', '--import', 'tsx', 'examples/demo/main.ts'],
+    [
+      '--conditions=longrun-source',
+      '--import',
+      'tsx',
+      ...(options.example ? ['examples/seeds/run.ts', options.example] : ['examples/demo/main.ts']),
+    ],
     {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -170,12 +182,13 @@ function spawnServer(port: number, options: StartOptions): ChildServer {
   return server
 }
 
-/** The environment of this process without the demo's own settings, which a child must not inherit. */
+/** Settings the demo or an example reads besides `LONGRUN_*`: a child must not inherit them. */
+const SETTINGS = new Set(['DATABASE_URL', 'PORT', 'HOST', 'LOG_LEVEL', 'ASYNC_TIMEOUT'])
+
+/** The environment of this process without the servers' own settings, which a child must not inherit. */
 function inheritedEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env }
-  for (const name of Object.keys(env)) {
-    if (name.startsWith('LONGRUN_') || name === 'DATABASE_URL' || name === 'PORT' || name === 'HOST') delete env[name]
-  }
+  for (const name of Object.keys(env)) if (name.startsWith('LONGRUN_') || SETTINGS.has(name)) delete env[name]
   return env
 }
 
@@ -220,12 +233,12 @@ export function listensOn(pid: number, port: number): boolean | undefined {
   }
 }
 
-async function waitReady(server: ChildServer, timeoutMs: number): Promise<void> {
+async function waitReady(server: ChildServer, timeoutMs: number, path: string): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
     if (server.exit) throw new Error(`the server exited before answering: ${JSON.stringify(server.exit)}`)
     try {
-      const res = await fetch(`${server.url}/`, { signal: AbortSignal.timeout(2_000) })
+      const res = await fetch(server.url + path, { signal: AbortSignal.timeout(2_000) })
       await res.arrayBuffer()
       // Someone else may have taken the port between freePort() and the child's listen: then the
       // answer is theirs, and the child will soon exit with EADDRINUSE.
@@ -235,7 +248,7 @@ async function waitReady(server: ChildServer, timeoutMs: number): Promise<void> 
     }
     await sleep(50)
   }
-  throw new Error(`GET ${server.url}/ did not answer within ${timeoutMs} ms`)
+  throw new Error(`GET ${server.url}${path} did not answer within ${timeoutMs} ms`)
 }
 
 // Transitional: test/postgres.test.ts still imports it from here. Everything else imports './until.js'.
