@@ -66,7 +66,6 @@ export interface LiveRequest {
 /** What an endpoint reads of a request to choose its body's media type and shape. */
 type Viewed = Pick<LiveRequest, 'headers' | 'view'>
 
-const JSON_TYPE = 'application/json; charset=utf-8'
 const CURSOR = /^[A-Za-z0-9_-]{1,200}$/
 
 /**
@@ -663,7 +662,7 @@ export class OperationsProtocol {
       ...(filter.name !== undefined ? { name: filter.name } : {}),
       limit,
     })
-    return { status: 200, headers: { 'content-type': JSON_TYPE }, body: { retried: ids.length, ids } }
+    return { status: 200, headers: {}, body: { retried: ids.length, ids } }
   }
 
   /** `GET {base}/stats`: counts of what the caller may read; `state` and the filters of the list. */
