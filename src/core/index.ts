@@ -40,6 +40,7 @@ export {
   isExclusive,
   isPingable,
   isQueryable,
+  isStamped,
   isTrimmable,
 } from './store.js'
 export { OPERATORS, parseCondition, QUERY_FIELDS } from './query.js'
@@ -59,6 +60,7 @@ export type {
   KeepCounts,
   Queryable,
   QuerySort,
+  Stamped,
   Store,
   StoreNotice,
   Trimmable,

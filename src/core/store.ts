@@ -305,3 +305,20 @@ export interface Pingable {
 export function isPingable(store: Store): store is Store & Pingable {
   return typeof (store as Partial<Pingable>).ping === 'function'
 }
+
+/**
+ * A store that can say, cheaply and synchronously, whether anything in it may have changed: what
+ * lets the HTTP layer answer a repeated status read from the representation it built last time.
+ */
+export interface Stamped {
+  /**
+   * A value that differs from every earlier one once any operation, its history or its messages may
+   * have changed, in this process or any other sharing the store. Equal stamps read before two reads
+   * mean that nothing committed in between; a change of stamp may also have another cause.
+   */
+  changeStamp(): number | string
+}
+
+export function isStamped(store: Store): store is Store & Stamped {
+  return typeof (store as Partial<Stamped>).changeStamp === 'function'
+}

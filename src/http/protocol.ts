@@ -5,7 +5,7 @@ import { invalidOption, LongrunError, operationNotFound } from '../core/errors.j
 import { isTerminal, OPERATION_STATES, type OperationState } from '../core/operation.js'
 import type { Principal } from '../core/permissions.js'
 import type { CleanupRun } from '../core/cleanup.js'
-import { isDeferrable, isPingable, type QuerySort } from '../core/store.js'
+import { isDeferrable, isPingable, isStamped, type QuerySort } from '../core/store.js'
 import type { HistoryEntry, Operation, Page } from '../core/types.js'
 import { credentialHeaders, unauthorized } from './auth.js'
 import { entityTag, httpDate, mergeVary, noneMatch, OWNER_SCOPED } from './caching.js'
@@ -40,6 +40,7 @@ import { checkJsonLimits, retryFilterOf } from './limits.js'
 import { resolveMount, type ApiDescription, type OperationRouteOptions, type ResolvedMount } from './mounts.js'
 import { presentOne, presentOther, presentPage, statusFor, type Presentation } from './present.js'
 import { OPERATION_ROUTES, type EndpointName, type EndpointRequest, type EndpointView } from './routes.js'
+import { StatusCache } from './status-cache.js'
 
 /** A framework-neutral answer: adapters copy it onto their own reply object. */
 export interface HttpReply {
@@ -87,6 +88,7 @@ export class OperationsProtocol {
   readonly #realtime: Realtime
   /** The request headers every answer depends on besides its URL: the caller's credentials. */
   readonly #vary: readonly string[]
+  readonly #statuses = new StatusCache<HttpReply & { headers: { etag: string } }>()
 
   constructor(engine: Engine, options: ResolvedProtocolOptions) {
     this.engine = engine
@@ -425,18 +427,33 @@ export class OperationsProtocol {
     request: Viewed | undefined,
     vary: { vary?: string },
   ): Promise<HttpReply> {
-    const { op, history } = await access.details(id)
     const presentation = request?.view?.presentation
-    return this.#validated(
-      {
-        status: statusFor(presentation, op.state, 200),
-        headers: { ...this.#headers(op), ...vary },
-        body: presentOne(presentation, toDetailedResource(op, history, this.#resourceOptions), op),
-      },
-      request,
-      lastChange(op, history),
-      'operation',
-    )
+    // A presentation is the app's code, which may show more than the operation: never cached.
+    const stamp =
+      presentation === undefined && isStamped(this.engine.store) ? this.engine.store.changeStamp() : undefined
+    const view = this.#viewOf(request)
+    const key =
+      stamp === undefined ? '' : `${id}\n${vary.vary ?? ''}\n${headerOf(request ?? { headers: {} }, 'accept') ?? ''}`
+    const cached = stamp === undefined ? undefined : this.#statuses.get(stamp, view, key)
+    let reply: HttpReply & { headers: { etag: string } }
+    if (cached) {
+      if (!access.canRead(cached.op)) throw operationNotFound()
+      reply = cached.reply
+    } else {
+      const { op, history } = await access.details(id)
+      reply = this.#tagged(
+        {
+          status: statusFor(presentation, op.state, 200),
+          headers: { ...this.#headers(op), ...vary },
+          body: presentOne(presentation, toDetailedResource(op, history, this.#resourceOptions), op),
+        },
+        request,
+        lastChange(op, history),
+        'operation',
+      )
+      if (stamp !== undefined) this.#statuses.set(stamp, view, key, { op, reply })
+    }
+    return this.#notModified(reply, request)
   }
 
   /** `GET {base}/{id}/wait?timeout=N`: the operation once it is done, or as it is after N seconds (Google's WaitOperation). */
@@ -696,9 +713,19 @@ export class OperationsProtocol {
    * (keeping `Retry-After`, so that a client polling cheaply still knows how often to ask).
    */
   #validated(given: HttpReply, request: Viewed | undefined, lastModified?: number, root = 'response'): HttpReply {
+    return this.#notModified(this.#tagged(given, request, lastModified, root), request)
+  }
+
+  /** `given` encoded for the request, with its validators and cache directives. */
+  #tagged(
+    given: HttpReply,
+    request: Viewed | undefined,
+    lastModified: number | undefined,
+    root: string,
+  ): HttpReply & { headers: { etag: string } } {
     const reply = this.#encoded(given, request, root) as HttpReply & { body: string }
     const etag = entityTag(reply.headers['content-type']!, reply.body)
-    const headers: Record<string, string> = {
+    const headers: Record<string, string> & { etag: string } = {
       ...reply.headers,
       etag,
       ...(lastModified === undefined ? {} : { 'last-modified': httpDate(lastModified) }),
@@ -706,8 +733,13 @@ export class OperationsProtocol {
     }
     const vary = mergeVary(reply.headers.vary, ...this.#vary)
     if (vary !== '') headers.vary = vary
-    if (!noneMatch(request?.headers['if-none-match'], etag)) return { ...reply, headers }
-    const { 'content-type': _type, ...kept } = headers
+    return { ...reply, headers }
+  }
+
+  /** `304` without a body when `If-None-Match` matches the reply's entity tag, else the reply. */
+  #notModified(reply: HttpReply & { headers: { etag: string } }, request: Viewed | undefined): HttpReply {
+    if (!noneMatch(request?.headers['if-none-match'], reply.headers.etag)) return reply
+    const { 'content-type': _type, ...kept } = reply.headers
     return { status: 304, headers: kept }
   }
 

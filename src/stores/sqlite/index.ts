@@ -5,6 +5,7 @@ import type {
   Outbox,
   Pingable,
   Queryable,
+  Stamped,
   Store,
   Trimmable,
 } from '../../core/store.js'
@@ -21,6 +22,6 @@ export type { SqliteStoreOptions } from './options.js'
  */
 export function sqliteStore(
   options: SqliteStoreOptions,
-): Store & EventLog & EventFeed & Queryable & Trimmable & Outbox & Deferrable & Pingable {
+): Store & EventLog & EventFeed & Queryable & Trimmable & Outbox & Deferrable & Pingable & Stamped {
   return new SqliteStore(options)
 }

@@ -17,6 +17,7 @@ import type {
   OutboxMessage,
   Queryable,
   QuerySort,
+  Stamped,
   Store,
   Trimmable,
 } from '../../core/store.js'
@@ -62,7 +63,7 @@ interface PendingWrite extends WriteCall {
   reject: (reason: unknown) => void
 }
 
-export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimmable, Outbox, Deferrable {
+export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimmable, Outbox, Deferrable, Stamped {
   readonly #db: Database.Database
   readonly #sql: ReturnType<typeof statementCache>
   readonly #ops: ReturnType<typeof operationQueries>
@@ -70,6 +71,10 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
   /** Raw rows, in the order of EVENT_COLUMNS: cheaper than an object per row (see OperationQuery). */
   readonly #history: Statement
   readonly #events: Statement
+  /** SQLite's count of commits by other connections to the file, as this one sees it. */
+  readonly #dataVersion: Statement
+  /** Groups this connection committed (or tried to): changes `data_version` does not count. */
+  #groups = 0
   #pending: PendingWrite[] = []
   #flushScheduled = false
   #closing: Promise<void> | undefined
@@ -110,6 +115,7 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
         `SELECT ${EVENT_COLUMNS} FROM operation_events WHERE operation_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
       ),
     ).raw(true)
+    this.#dataVersion = db.prepare('PRAGMA data_version').pluck()
     this.#writes = new SqliteWrites(db, synchronous)
     this.#adaptToSpace()
     this.#checkpoints = setInterval(this.#checkpoint, CHECKPOINT_EVERY_MS).unref()
@@ -129,6 +135,10 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
 
   async get(id: string): Promise<Operation | undefined> {
     return this.#ops(`SELECT * FROM operations WHERE id = ?`).get(id)
+  }
+
+  changeStamp(): string {
+    return `${this.#dataVersion.get() as number}:${this.#groups}`
   }
 
   async history(id: string): Promise<HistoryEntry[]> {
@@ -428,6 +438,7 @@ export class SqliteStore implements Store, EventLog, EventFeed, Queryable, Trimm
     this.#pending = []
     // Submissions go on failing until the log's space is back: try for it first.
     if (this.#full) this.#reclaim()
+    this.#groups++
     const outcome = this.#writes.runBatch(batch)
     const full = outcome.ok
       ? outcome.results.some((result) => !result.ok && isFull(result.error))

@@ -122,13 +122,23 @@ function contextOf(route: string, value: unknown): { context?: Record<string, un
   return { context: value as Record<string, unknown> }
 }
 
-/** Aborts when the client goes away before the whole answer was sent. */
-function disconnected(reply: FastifyReply): AbortSignal {
-  const controller = new AbortController()
-  reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) controller.abort()
-  })
-  return controller.signal
+/**
+ * Aborts when the client goes away before the whole answer was sent. Made on first use: most
+ * answers never look, and a signal with its listener per request is a cost on the hottest paths.
+ */
+function disconnected(reply: FastifyReply): () => AbortSignal {
+  let signal: AbortSignal | undefined
+  return () => {
+    if (signal) return signal
+    const controller = new AbortController()
+    const { raw } = reply
+    if (!raw.closed) {
+      raw.once('close', () => {
+        if (!raw.writableFinished) controller.abort()
+      })
+    } else if (!raw.writableFinished) controller.abort()
+    return (signal = controller.signal)
+  }
 }
 
 /** Node's flat [name, value, ...] list shows a header sent twice, which the parsed headers join. */
@@ -254,6 +264,7 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
             const hooked = beforeQueue ? await beforeQueue(request, reply) : undefined
             // The hook answered: nothing is stored.
             if (hooked === reply || reply.sent) return reply
+            const signal = disconnected(reply)
             return send(
               reply,
               await protocol.submit(accessOf(request), route, {
@@ -265,7 +276,9 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
                 headers: request.headers,
                 headerValues: valuesOf(request),
                 ip: request.ip,
-                signal: disconnected(reply),
+                get signal() {
+                  return signal()
+                },
                 requestId: request.id,
                 ...contextOf(route.name, hooked),
               }),
@@ -316,13 +329,16 @@ async function plugin(app: FastifyInstance, options: LongrunPluginOptions): Prom
     view?: EndpointView,
     query: unknown = request.query,
   ) => {
+    const signal = disconnected(reply)
     const endpoint: EndpointRequest = {
       id,
       query: (query ?? {}) as Record<string, unknown>,
       body: request.body,
       headers: request.headers,
       ip: request.ip,
-      signal: disconnected(reply),
+      get signal() {
+        return signal()
+      },
       head: request.method === 'HEAD',
       ...(view ? { view } : {}),
     }
