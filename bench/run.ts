@@ -2,17 +2,18 @@
 // process, runs the job scripts, and writes bench/results/<name>.md and .json. See bench/README.md.
 import { execFileSync } from 'node:child_process'
 import { cpus, totalmem } from 'node:os'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import autocannon from 'autocannon'
+import Database from 'better-sqlite3'
 import { parseOptions, SCENARIOS, type BenchOptions, type Scenario } from './lib/options.js'
 import { copyPrefill, ensurePrefill } from './lib/prefill.js'
 import { ensureQuerySeed } from './lib/query-seed.js'
-import { ROOT, runJob, startServer, type RunningServer } from './lib/proc.js'
+import { ROOT, runJob, startServer, type RunningServer, type ServerOptions } from './lib/proc.js'
 import { checkRedis, flushQueue } from './lib/redis.js'
-import { evaluate, markdownTable, targetsTable, type Row, type Sample } from './lib/report.js'
+import { evaluate, markdownTable, targetsTable, type Row, type Sample, type Target } from './lib/report.js'
 
 const BENCH = join(ROOT, 'bench')
 const CACHE = join(BENCH, '.cache')
@@ -28,9 +29,65 @@ interface Request {
   method: 'GET' | 'POST'
   path: string
   body?: string
+  /** Request headers besides content-type (e.g. If-None-Match). */
+  headers?: Record<string, string>
+  /** autocannon connections for this load. @default --connections */
+  connections?: number
+  /**
+   * The status every answer must have when it is not a 2xx: the load counts those answers (e.g.
+   * `304` for conditional reads), and any other answer fails the run.
+   */
+  expect?: number
+}
+
+/** A server to start: `bench/servers/<name>.ts`, or `options.script`. */
+interface ServerSpec {
+  name: string
+  env?: Record<string, string>
+  options?: Omit<ServerOptions, 'logFile'>
+  /** The server logs every request on stdout: send it to a file under bench/.cache/runs (removed after). */
+  logs?: boolean
 }
 
 const SUBMIT: Request = { method: 'POST', path: '/jobs', body: '{}' }
+/** --max-old-space-size of the memory1m job. */
+const MEMORY1M_HEAP_MIB = 8_192
+
+/** The demo's sample task (examples/demo/tasks.ts) as its docs submit it: 3 s of named steps. */
+const DEMO_SAMPLE: Request = { method: 'POST', path: '/api/v1/demo/tasks/sample', body: '{}' }
+
+/**
+ * The demo as `npm start` runs it (examples/demo/main.ts itself), on a fresh SQLite file: its own
+ * logger at info, anonymous callers (no JWT secret: told apart by IP address), a generated
+ * webhook secret. Whatever the driver's environment says of the demo's settings is blanked.
+ */
+const demoServer = (db: string): ServerSpec => ({
+  name: 'demo',
+  env: { LONGRUN_STORE: `sqlite:${db}`, LOG_LEVEL: 'info', HOST: '127.0.0.1' },
+  options: {
+    script: 'examples/demo/main.ts',
+    // It prints no ready line of its own: Fastify logs this once it listens.
+    ready: '"msg":"Server listening at',
+    stateRoute: false,
+    unsetEnv: [
+      'DATABASE_URL',
+      'LONGRUN_ROLE',
+      'LONGRUN_PG_SCHEMA',
+      'LONGRUN_JWT_SECRET',
+      'LONGRUN_WEBHOOK_SECRET',
+      'LONGRUN_CALLBACK_ALLOW',
+      'LONGRUN_WEBHOOK_POLL_MS',
+      'LONGRUN_WEBHOOK_LEASE_MS',
+      'LONGRUN_WEBHOOK_RETRY',
+      'LONGRUN_MAX_ACTIVE',
+      'LONGRUN_RATE_LIMIT',
+      'LONGRUN_LEASE_MS',
+      'LONGRUN_POLL_MS',
+      'LONGRUN_GRACE_MS',
+    ],
+  },
+  logs: true,
+})
 
 /** A shorter query scenario for --quick: fewer samples, shorter windows, a short trim. */
 const QUERY_QUICK = {
@@ -97,75 +154,133 @@ class Bench {
   }
 
   async load(url: string, request: Request, seconds: number): Promise<autocannon.Result> {
+    const headers = {
+      ...(request.body !== undefined ? { 'content-type': 'application/json' } : {}),
+      ...request.headers,
+    }
     return autocannon({
       url,
       method: request.method,
-      connections: this.opts.connections,
+      connections: request.connections ?? this.opts.connections,
       duration: seconds,
-      ...(request.body !== undefined ? { body: request.body, headers: { 'content-type': 'application/json' } } : {}),
+      ...(request.body !== undefined ? { body: request.body } : {}),
+      ...(Object.keys(headers).length > 0 ? { headers } : {}),
     })
   }
 
   /**
-   * One HTTP run: start the server, warm it up, measure for `duration`, optionally wait until every
-   * accepted job is done, stop the server.
+   * Starts a server, runs `body` with it, stops it. A server that logs gets its stdout sent to a
+   * file, removed afterwards; `body` learns its path.
    */
+  async session(
+    label: string,
+    server: ServerSpec,
+    body: (srv: RunningServer, logFile: string | undefined) => Promise<void>,
+  ): Promise<void> {
+    await this.attempt(label, async () => {
+      const logFile = server.logs ? join(SCRATCH, `${server.name}-${this.run}-${++this.#seq}.log`) : undefined
+      try {
+        const srv = await startServer(server.name, server.env, { ...server.options, ...(logFile ? { logFile } : {}) })
+        try {
+          await body(srv, logFile)
+        } finally {
+          await srv.stop()
+        }
+      } finally {
+        if (logFile) rmSync(logFile, { force: true })
+      }
+    })
+  }
+
+  /**
+   * One measured load on a running server: warm it up, measure for `seconds` (default
+   * `--duration`), optionally wait until every accepted job is done; records the sample.
+   */
+  async measure(
+    srv: RunningServer,
+    key: string,
+    label: string,
+    path: string,
+    request: Request,
+    options: { drain?: boolean; seconds?: number; logFile?: string } = {},
+  ): Promise<Sample> {
+    const idle = await srv.state()
+    if (this.opts.warmup > 0) await this.load(srv.url + path, request, this.opts.warmup)
+    const logBefore = options.logFile ? statSync(options.logFile).size : 0
+    const r = await this.load(srv.url + path, request, options.seconds ?? this.opts.duration)
+    const loadedAt = performance.now()
+    const after = await srv.state()
+    // What counts as answered: 2xx, or only the expected status when there is one.
+    const expected = request.expect
+    const counted = expected === undefined ? r['2xx'] : (r.statusCodeStats?.[`${expected}`]?.count ?? 0)
+    const others = expected === undefined ? r.non2xx : r['1xx'] + r['2xx'] + r['3xx'] + r['4xx'] + r['5xx'] - counted
+    if (counted === 0) {
+      throw new Error(`no ${expected ?? '2xx'} answers (others ${others}, errors ${r.errors})`)
+    }
+    if (expected !== undefined && others > 0) {
+      const codes = Object.entries(r.statusCodeStats ?? {})
+        .map(([code, v]) => `${code}: ${v.count ?? 0}`)
+        .join(', ')
+      throw new Error(`${others} answers were not ${expected} (${codes})`)
+    }
+    const sample: Sample = {
+      rps: counted / r.duration,
+      p50Ms: r.latency.p50,
+      p99Ms: r.latency.p99,
+      requests2xx: counted,
+      non2xx: others,
+      errors: r.errors,
+      connections: request.connections ?? this.opts.connections,
+      rssIdleMiB: idle.rss / MiB,
+      rssMiB: after.rss / MiB,
+      accepted: after.accepted,
+      doneAtEnd: after.done,
+    }
+    if (options.logFile) sample.logBytesPerRequest = (statSync(options.logFile).size - logBefore) / r.requests.total
+    let drainNote = ''
+    if (options.drain) {
+      const deadline = loadedAt + this.opts.drainTimeout * 1000
+      let state = after
+      while (state.done < state.accepted && performance.now() < deadline) {
+        await sleep(50)
+        state = await srv.state()
+      }
+      sample.drainSeconds = (performance.now() - loadedAt) / 1000
+      sample.drained = state.done >= state.accepted ? 1 : 0
+      sample.doneTotal = state.done
+      if (!sample.drained) {
+        this.notes.push(
+          `${label}, run ${this.run}: ${f0(state.accepted - state.done)} of ${f0(state.accepted)} accepted jobs ` +
+            `were still not done ${this.opts.drainTimeout} s after the load (--drain-timeout); the figure is a lower bound.`,
+        )
+      }
+      drainNote = `, all ${f0(state.accepted)} done ${sample.drained ? 'after' : 'NOT done after'} ${f2(sample.drainSeconds)} s`
+    }
+    const logNote =
+      sample.logBytesPerRequest !== undefined ? `, ${f0(sample.logBytesPerRequest)} log bytes/request` : ''
+    log(
+      `  ${label}: ${f0(sample.rps!)} ${expected ?? ''}${expected ? ' ' : ''}req/s, p50 ${sample.p50Ms} ms, p99 ${sample.p99Ms} ms, ` +
+        `${expected ? `not ${expected}` : 'non-2xx'} ${others}, errors ${r.errors}, RSS ${f0(sample.rssMiB!)} MiB` +
+        `${drainNote}${logNote}  [${this.elapsed()}]`,
+    )
+    this.record(key, sample)
+    return sample
+  }
+
+  /** One HTTP run: start the server, one measured load (see `measure`), stop the server. */
   async http(
     key: string,
     label: string,
-    server: { name: string; env?: Record<string, string> },
+    server: ServerSpec,
     request: Request,
     options: { drain?: boolean; prepare?: (srv: RunningServer) => Promise<string> } = {},
   ): Promise<void> {
-    await this.attempt(label, async () => {
-      const srv = await startServer(server.name, server.env)
-      try {
-        const path = options.prepare ? await options.prepare(srv) : request.path
-        const idle = await srv.state()
-        if (this.opts.warmup > 0) await this.load(srv.url + path, request, this.opts.warmup)
-        const r = await this.load(srv.url + path, request, this.opts.duration)
-        const loadedAt = performance.now()
-        const after = await srv.state()
-        if (r['2xx'] === 0) throw new Error(`no 2xx answers (non2xx ${r.non2xx}, errors ${r.errors})`)
-        const sample: Sample = {
-          rps: r['2xx'] / r.duration,
-          p50Ms: r.latency.p50,
-          p99Ms: r.latency.p99,
-          requests2xx: r['2xx'],
-          non2xx: r.non2xx,
-          errors: r.errors,
-          rssIdleMiB: idle.rss / MiB,
-          rssMiB: after.rss / MiB,
-          accepted: after.accepted,
-          doneAtEnd: after.done,
-        }
-        let drainNote = ''
-        if (options.drain) {
-          const deadline = loadedAt + this.opts.drainTimeout * 1000
-          let state = after
-          while (state.done < state.accepted && performance.now() < deadline) {
-            await sleep(50)
-            state = await srv.state()
-          }
-          sample.drainSeconds = (performance.now() - loadedAt) / 1000
-          sample.drained = state.done >= state.accepted ? 1 : 0
-          sample.doneTotal = state.done
-          if (!sample.drained) {
-            this.notes.push(
-              `${label}, run ${this.run}: ${f0(state.accepted - state.done)} of ${f0(state.accepted)} accepted jobs ` +
-                `were still not done ${this.opts.drainTimeout} s after the load (--drain-timeout); the figure is a lower bound.`,
-            )
-          }
-          drainNote = `, all ${f0(state.accepted)} done ${sample.drained ? 'after' : 'NOT done after'} ${f2(sample.drainSeconds)} s`
-        }
-        log(
-          `  ${label}: ${f0(sample.rps!)} req/s, p50 ${sample.p50Ms} ms, p99 ${sample.p99Ms} ms, ` +
-            `non-2xx ${r.non2xx}, errors ${r.errors}, RSS ${f0(sample.rssMiB!)} MiB${drainNote}  [${this.elapsed()}]`,
-        )
-        this.record(key, sample)
-      } finally {
-        await srv.stop()
-      }
+    await this.session(label, server, async (srv, logFile) => {
+      const path = options.prepare ? await options.prepare(srv) : request.path
+      await this.measure(srv, key, label, path, request, {
+        ...(options.drain ? { drain: true } : {}),
+        ...(logFile ? { logFile } : {}),
+      })
     })
   }
 
@@ -224,6 +339,20 @@ async function main(): Promise<number> {
 
   let prefilled: string | undefined
   if (has('scale')) prefilled = await ensurePrefill(CACHE, opts.prefill, log)
+  /** An operation from the middle of a prefilled copy, for the status reads of scenario 6. */
+  const storedId = (path: string): string => {
+    // On the run's copy, never the cache: a reader of a WAL file leaves -shm and -wal next to it.
+    const db = new Database(path, { readonly: true, fileMustExist: true })
+    try {
+      const row = db
+        .prepare(`SELECT id FROM operations WHERE state = 'succeeded' ORDER BY rowid LIMIT 1 OFFSET ?`)
+        .get(Math.floor(opts.prefill / 2)) as { id: string } | undefined
+      if (!row) throw new Error('no succeeded operation found in the prefilled file')
+      return row.id
+    } finally {
+      db.close()
+    }
+  }
 
   const sqlite = (path: string) => ({
     name: 'longrun',
@@ -231,6 +360,8 @@ async function main(): Promise<number> {
   })
   const memory = { name: 'longrun', env: { BENCH_STORE: 'memory', BENCH_CONCURRENCY: String(opts.concurrency) } }
   const bullmq = { name: 'bullmq', env: { REDIS_URL: opts.redisUrl, BENCH_CONCURRENCY: String(opts.concurrency) } }
+  // The p99 reads of scenario 6: half a run each, on the server that just took the submits.
+  const readSeconds = Math.max(1, opts.duration / 2)
   const withBullmq = async (body: () => Promise<void>) => {
     await flushQueue(opts.redisUrl)
     try {
@@ -259,7 +390,37 @@ async function main(): Promise<number> {
         const t = performance.now()
         copyPrefill(prefilled, copy)
         log(`  (copied and synced the prefilled file in ${((performance.now() - t) / 1000).toFixed(1)} s)`)
-        await bench.http('scale.prefilled', `longrun SQLite, ${f0(opts.prefill)} stored`, sqlite(copy), SUBMIT)
+        const label = `longrun SQLite, ${f0(opts.prefill)} stored`
+        await bench.session(label, sqlite(copy), async (srv) => {
+          const id = storedId(copy)
+          // Submits first (the row of the empty file's comparison), then, once they are all done,
+          // reads with few connections, so that p99 is the read's and not a queue's.
+          await bench.measure(srv, 'scale.prefilled', label, SUBMIT.path, SUBMIT, { drain: true })
+          const reads = { seconds: readSeconds }
+          const status = `/operations/${id}`
+          const first = await fetch(srv.url + status)
+          if (first.status !== 200) throw new Error(`GET ${status} answered ${first.status}`)
+          await bench.measure(
+            srv,
+            'scale.status',
+            `${label}: status read`,
+            status,
+            { method: 'GET', path: status, connections: opts.readConnections },
+            reads,
+          )
+          const list = '/operations?limit=20'
+          const page = (await (await fetch(srv.url + list)).json()) as { items?: unknown[] }
+          if (page.items?.length !== 20)
+            throw new Error(`GET ${list} listed ${page.items?.length ?? 'no'} operations, not 20`)
+          await bench.measure(
+            srv,
+            'scale.list',
+            `${label}: first list page`,
+            list,
+            { method: 'GET', path: list, connections: opts.readConnections },
+            reads,
+          )
+        })
         bench.dropDb(copy)
       }
     }
@@ -288,22 +449,49 @@ async function main(): Promise<number> {
       }
       throw new Error('the operation to read did not succeed within 5 s')
     }
+    // Its ETag, from a first GET (with a tag that matches nothing: raw Fastify tags conditional reads only).
+    const etagOf = async (srv: RunningServer, path: string): Promise<string> => {
+      const res = await fetch(srv.url + path, { headers: { 'if-none-match': '"none"' } })
+      const etag = res.headers.get('etag')
+      if (res.status !== 200 || !etag) throw new Error(`GET ${path} answered ${res.status} with ETag ${etag}`)
+      return etag
+    }
+    /** The 200 read, then the conditional one answered 304, on the same server. */
+    const reads = async (srv: RunningServer, key: string, label: string, path: string, conditional: boolean) => {
+      await bench.measure(srv, key, label, path, { method: 'GET', path })
+      if (!conditional) return
+      const headers = { 'if-none-match': await etagOf(srv, path) }
+      await bench.measure(srv, `${key}304`, `${label}, If-None-Match -> 304`, path, {
+        method: 'GET',
+        path,
+        headers,
+        expect: 304,
+      })
+    }
     for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
       log(`run ${bench.run}/${opts.runs}`)
-      await bench.http(
-        'status.raw',
-        'raw Fastify',
-        { name: 'raw-fastify' },
-        { method: 'GET', path: '/operations/0190a4c2-7b1e-7c3a-9d2e-4f5a6b7c8d9e' },
+      await bench.session('raw Fastify', { name: 'raw-fastify' }, (srv) =>
+        reads(srv, 'status.raw', 'raw Fastify', '/operations/0190a4c2-7b1e-7c3a-9d2e-4f5a6b7c8d9e', true),
       )
       const db = bench.dbPath('status-sqlite')
-      await bench.http(
-        'status.sqlite',
-        'longrun SQLite',
-        sqlite(db),
-        { method: 'GET', path: '' },
-        { prepare: succeededOne },
+      await bench.session('longrun SQLite', sqlite(db), async (srv) =>
+        reads(srv, 'status.sqlite', 'longrun SQLite', await succeededOne(srv), true),
       )
+      bench.dropDb(db)
+      await bench.session('longrun memory', memory, async (srv) =>
+        reads(srv, 'status.memory', 'longrun memory', await succeededOne(srv), false),
+      )
+    }
+  }
+
+  // 11: the demo as `npm start` runs it, against raw Fastify with the same logger.
+  if (has('demo')) {
+    log(`\n== Demo (npm start, info logs, SQLite): ${DEMO_SAMPLE.method} ${DEMO_SAMPLE.path} ${DEMO_SAMPLE.body} ==`)
+    for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
+      log(`run ${bench.run}/${opts.runs}`)
+      await bench.http('demo.raw', 'raw Fastify, logger info', { name: 'raw-fastify-logged', logs: true }, DEMO_SAMPLE)
+      const db = bench.dbPath('demo-sqlite')
+      await bench.http('demo.demo', 'demo (examples/demo/main.ts)', demoServer(db), DEMO_SAMPLE)
       bench.dropDb(db)
     }
   }
@@ -370,6 +558,32 @@ async function main(): Promise<number> {
         { BENCH_STORE: 'memory', ...latencyEnv },
         describe,
       )
+    }
+  }
+
+  // 12: the memory store over 1,000,000 operations: heap and RSS as finished ones pile up.
+  if (has('memory1m')) {
+    log(`\n== Memory store, ${f0(opts.memoryOps)} no-op operations (defaults), heap after global.gc() ==`)
+    const mark = (m: string) => (s: Sample) =>
+      `${f0(s[`${m}_ops`]!)}: heap ${f0(s[`${m}_heapUsedMiB`]!)} MiB, RSS ${f0(s[`${m}_rssMiB`]!)} MiB`
+    for (bench.run = 1; bench.run <= opts.runs; bench.run++) {
+      log(`run ${bench.run}/${opts.runs}`)
+      await bench.attempt('memory1m', async () => {
+        const raw = await runJob<Record<string, unknown>>(
+          'longrun-memory-1m',
+          { BENCH_OPS: String(opts.memoryOps), BENCH_CONCURRENCY: String(opts.concurrency) },
+          900_000,
+          // A heap limit above the default (about 4 GiB here), so that a store keeping everything
+          // can be measured to the end rather than crash.
+          ['--expose-gc', `--max-old-space-size=${MEMORY1M_HEAP_MIB}`],
+        )
+        const sample = flatten(raw)
+        bench.record('memory1m', sample)
+        log(
+          `  ${f0(sample.jobsPerSec!)} jobs/s over ${f2(sample.seconds!)} s; ${['first', 'mid', 'last'].map((m) => mark(m)(sample)).join('; ')}; ` +
+            `heap growth ${f2(sample.heapGrowth!)}x, ${f0(sample.heapPerOpBytes!)} heap bytes per operation  [${bench.elapsed()}]`,
+        )
+      })
     }
   }
 
@@ -502,6 +716,9 @@ function rows(opts: BenchOptions): Row[] {
   const S8 = '8. Learning that an operation ended (10 s operations, progress 4 times)'
   const S9 = `9. Query, retention and cleanup (${f0(opts.queryOps)} stored, SQLite)`
   const S10 = '10. Callbacks (SQLite, a receiver on 127.0.0.1 answering 204)'
+  const S11 = '11. Demo (npm start: info logs, sample task, SQLite)'
+  const S12 = `12. Memory store over ${f0(opts.memoryOps)} operations (defaults, no-op, concurrency ${opts.concurrency})`
+  const S13 = '13. Memory store vs SQLite (same runs)'
   const observed = (variant: string, key: string, isBaseline = false) => [
     {
       scenario: S8,
@@ -528,6 +745,8 @@ function rows(opts: BenchOptions): Row[] {
   const accepted = { metric: 'rps', label: 'accepted req/s', decimals: 0 }
   const p99 = { metric: 'p99Ms', label: 'p99 ms', decimals: 1 }
   const rss = { metric: 'rssMiB', label: 'RSS after load, MiB', decimals: 0 }
+  const r304 = { metric: 'rps', label: '304 answers/s', decimals: 0 }
+  const logBytes = { metric: 'logBytesPerRequest', label: 'stdout log bytes per request', decimals: 0 }
   const drain = { metric: 'drainSeconds', label: 'all accepted done, s after load', decimals: 2 }
   const jps = { metric: 'jobsPerSec', label: 'jobs/s', decimals: 0 }
   const ms = (metric: string, label: string) => ({ metric, label, decimals: 2 })
@@ -539,6 +758,30 @@ function rows(opts: BenchOptions): Row[] {
     ['toDoneMs_p99', 'to succeeded p99, ms'],
     ['submitAckMs_p50', 'call acknowledged p50, ms'],
   ] as const
+  const target = (name: string, text: string, op: Target['op'], value: number, on: Target['on'] = 'ratio') => ({
+    target: { name, text, op, value, on },
+  })
+  const readP99 = {
+    metric: 'p99Ms',
+    label: `p99 ms (autocannon, whole ms; ${opts.readConnections} connections)`,
+    decimals: 1,
+  }
+  const readRps = { metric: 'rps', label: `req/s (${opts.readConnections} connections)`, decimals: 0 }
+  const M1 = `${f0(opts.memoryOps)} operations`
+  const mark = (m: 'first' | 'mid' | 'last', share: number) => {
+    const at = `at ${f0(Math.round(opts.memoryOps * share))} done`
+    return [
+      {
+        scenario: S12,
+        variant: `heap used after global.gc(), ${at}`,
+        key: 'memory1m',
+        metric: `${m}_heapUsedMiB`,
+        label: 'MiB',
+        decimals: 0,
+      },
+      { scenario: S12, variant: `RSS, ${at}`, key: 'memory1m', metric: `${m}_rssMiB`, label: 'MiB', decimals: 0 },
+    ]
+  }
   const parts: Record<Scenario, Row[]> = {
     submit: [
       { scenario: S1, variant: 'raw Fastify (ceiling)', key: 'submit.raw', ...rps, isBaseline: true },
@@ -550,13 +793,7 @@ function rows(opts: BenchOptions): Row[] {
         key: 'submit.sqlite',
         ...rps,
         baseline: 'submit.raw',
-        target: {
-          name: 'Submit on SQLite (durable) vs the raw Fastify ceiling',
-          text: '>= 0.6x raw Fastify',
-          op: '>=',
-          value: 0.6,
-          on: 'ratio',
-        },
+        ...target('Durable submit (SQLite) vs raw Fastify', '>= 0.6x raw Fastify', '>=', 0.6),
       },
       { scenario: S1, variant: SQLITE, key: 'submit.sqlite', ...p99 },
       { scenario: S1, variant: SQLITE, key: 'submit.sqlite', ...rss },
@@ -574,13 +811,7 @@ function rows(opts: BenchOptions): Row[] {
         key: 'submit.sqlite',
         ...accepted,
         baseline: 'submit.bullmq',
-        target: {
-          name: 'Submit on SQLite (durable) vs the Fastify + BullMQ endpoint',
-          text: '>= 1.5x Fastify + BullMQ',
-          op: '>=',
-          value: 1.5,
-          on: 'ratio',
-        },
+        ...target('Durable submit (SQLite) vs Fastify + BullMQ', '>= 1.5x Fastify + BullMQ', '>=', 1.5),
       },
       { scenario: S2, variant: SQLITE, key: 'submit.sqlite', ...drain },
       ...(opts.scenarios.has('submit')
@@ -596,15 +827,16 @@ function rows(opts: BenchOptions): Row[] {
         key: 'e2e.sqlite',
         ...jps,
         baseline: 'e2e.bullmq',
-        target: {
-          name: 'End to end, jobs/s, vs BullMQ at equal concurrency',
-          text: '>= 1.0x BullMQ',
-          op: '>=',
-          value: 1,
-          on: 'ratio',
-        },
+        ...target(`End to end, ${f0(opts.jobs)} no-op operations, SQLite vs BullMQ`, '>= 2.0x BullMQ', '>=', 2),
       },
-      { scenario: S3, variant: 'longrun memory', key: 'e2e.memory', ...jps, baseline: 'e2e.bullmq' },
+      {
+        scenario: S3,
+        variant: 'longrun memory',
+        key: 'e2e.memory',
+        ...jps,
+        baseline: 'e2e.bullmq',
+        ...target(`End to end, ${f0(opts.jobs)} no-op operations, memory vs BullMQ`, '>= 3.0x BullMQ', '>=', 3),
+      },
     ],
     latency: [
       ...LATENCY.map(([metric, label]) => ({
@@ -622,15 +854,7 @@ function rows(opts: BenchOptions): Row[] {
         ...ms(metric, label),
         baseline: 'latency.bullmq',
         ...(metric === 'toStartMs_p50'
-          ? {
-              target: {
-                name: "Submit-to-handler-start p50 vs BullMQ's add-to-start p50",
-                text: "<= 1.0x BullMQ's",
-                op: '<=' as const,
-                value: 1,
-                on: 'ratio' as const,
-              },
-            }
+          ? target("Submit-to-handler-start p50 (SQLite) vs BullMQ's add-to-start p50", "<= 1.0x BullMQ's", '<=', 1)
           : {}),
       })),
       { scenario: S4, variant: `${SQLITE} (submit)`, key: 'latency.sqlite', ...ops },
@@ -652,15 +876,27 @@ function rows(opts: BenchOptions): Row[] {
         key: 'status.sqlite',
         ...rps,
         baseline: 'status.raw',
-        target: {
-          name: 'Status reads vs the raw Fastify ceiling',
-          text: '>= 0.7x raw Fastify',
-          op: '>=',
-          value: 0.7,
-          on: 'ratio',
-        },
+        ...target('Status read (SQLite) vs raw Fastify', '>= 0.7x raw Fastify', '>=', 0.7),
       },
       { scenario: S5, variant: 'longrun SQLite', key: 'status.sqlite', ...p99 },
+      { scenario: S5, variant: 'longrun memory', key: 'status.memory', ...rps, baseline: 'status.raw' },
+      { scenario: S5, variant: 'longrun memory', key: 'status.memory', ...p99 },
+      { scenario: S5, variant: 'raw Fastify, If-None-Match -> 304', key: 'status.raw304', ...r304, isBaseline: true },
+      { scenario: S5, variant: 'raw Fastify, If-None-Match -> 304', key: 'status.raw304', ...p99 },
+      {
+        scenario: S5,
+        variant: 'longrun SQLite, If-None-Match -> 304',
+        key: 'status.sqlite304',
+        ...r304,
+        baseline: 'status.raw304',
+        ...target(
+          'Conditional status read answered 304 (SQLite) vs raw Fastify 304',
+          '>= 0.9x raw Fastify 304',
+          '>=',
+          0.9,
+        ),
+      },
+      { scenario: S5, variant: 'longrun SQLite, If-None-Match -> 304', key: 'status.sqlite304', ...p99 },
     ],
     scale: [
       { scenario: S6, variant: 'longrun SQLite, empty', key: 'submit.sqlite', ...rps, isBaseline: true },
@@ -671,13 +907,7 @@ function rows(opts: BenchOptions): Row[] {
         key: 'scale.prefilled',
         ...rps,
         baseline: 'submit.sqlite',
-        target: {
-          name: `Submit with ${f0(opts.prefill)} stored vs the empty file`,
-          text: '>= 0.9x empty',
-          op: '>=',
-          value: 0.9,
-          on: 'ratio',
-        },
+        ...target(`Submit with ${f0(opts.prefill)} stored vs the empty file`, '>= 0.9x empty', '>=', 0.9),
       },
       { scenario: S6, variant: PREFILLED, key: 'scale.prefilled', ...p99 },
       { scenario: S6, variant: PREFILLED, key: 'scale.prefilled', ...rss },
@@ -688,13 +918,82 @@ function rows(opts: BenchOptions): Row[] {
         metric: 'rssGrowthMiB',
         label: 'MiB',
         decimals: 1,
-        target: {
-          name: `Server RSS growth with ${f0(opts.prefill)} stored`,
-          text: '< 50 MiB',
-          op: '<',
-          value: 50,
-          on: 'median',
-        },
+        ...target(`Server RSS growth with ${f0(opts.prefill)} stored`, '< 50 MiB', '<', 50, 'median'),
+      },
+      { scenario: S6, variant: `${PREFILLED}: GET /operations/{id} (a stored one)`, key: 'scale.status', ...readRps },
+      {
+        scenario: S6,
+        variant: `${PREFILLED}: GET /operations/{id} (a stored one)`,
+        key: 'scale.status',
+        ...readP99,
+        ...target(`Status read p99 with ${f0(opts.prefill)} stored`, '< 5 ms', '<', 5, 'median'),
+      },
+      { scenario: S6, variant: `${PREFILLED}: GET /operations?limit=20`, key: 'scale.list', ...readRps },
+      {
+        scenario: S6,
+        variant: `${PREFILLED}: GET /operations?limit=20`,
+        key: 'scale.list',
+        ...readP99,
+        ...target(`First list page p99 with ${f0(opts.prefill)} stored`, '< 5 ms', '<', 5, 'median'),
+      },
+    ],
+    demo: [
+      {
+        scenario: S11,
+        variant: 'raw Fastify, logger info (same options as the demo)',
+        key: 'demo.raw',
+        ...rps,
+        isBaseline: true,
+      },
+      { scenario: S11, variant: 'raw Fastify, logger info (same options as the demo)', key: 'demo.raw', ...p99 },
+      { scenario: S11, variant: 'raw Fastify, logger info (same options as the demo)', key: 'demo.raw', ...logBytes },
+      {
+        scenario: S11,
+        variant: 'demo (npm start: examples/demo/main.ts, SQLite)',
+        key: 'demo.demo',
+        ...rps,
+        baseline: 'demo.raw',
+        ...target('Demo (npm start) vs raw Fastify with the same logger', '>= 0.5x raw Fastify, logged', '>=', 0.5),
+      },
+      { scenario: S11, variant: 'demo (npm start: examples/demo/main.ts, SQLite)', key: 'demo.demo', ...p99 },
+      { scenario: S11, variant: 'demo (npm start: examples/demo/main.ts, SQLite)', key: 'demo.demo', ...rss },
+      { scenario: S11, variant: 'demo (npm start: examples/demo/main.ts, SQLite)', key: 'demo.demo', ...logBytes },
+    ],
+    memory1m: [
+      { scenario: S12, variant: 'submit and run, at most 3 batches of 1,000 in flight', key: 'memory1m', ...jps },
+      {
+        scenario: S12,
+        variant: 'submit and run, at most 3 batches of 1,000 in flight',
+        key: 'memory1m',
+        metric: 'seconds',
+        label: 's',
+        decimals: 1,
+      },
+      ...mark('first', 0.1),
+      ...mark('mid', 0.5),
+      ...mark('last', 1),
+      {
+        scenario: S12,
+        variant: `heap after ${M1} / heap after ${f0(Math.round(opts.memoryOps / 10))}`,
+        key: 'memory1m',
+        metric: 'heapGrowth',
+        label: 'ratio',
+        decimals: 2,
+        ...target(
+          `Memory store, heap after ${M1} vs after ${f0(Math.round(opts.memoryOps / 10))}`,
+          '<= 1.5x',
+          '<=',
+          1.5,
+          'median',
+        ),
+      },
+      {
+        scenario: S12,
+        variant: 'heap growth per operation, between 10% and 100%',
+        key: 'memory1m',
+        metric: 'heapPerOpBytes',
+        label: 'bytes',
+        decimals: 0,
       },
     ],
     streams: [
@@ -871,7 +1170,56 @@ function rows(opts: BenchOptions): Row[] {
       })),
     ],
   }
-  return SCENARIOS.filter((s) => opts.scenarios.has(s)).flatMap((s) => parts[s])
+  // The memory store against SQLite, from the runs above (each row where both were measured).
+  const faster = (what: string) => `Memory store faster than SQLite: ${what}`
+  const vsSqlite: Row[] = [
+    {
+      scenario: S13,
+      variant: 'submit, memory vs SQLite',
+      key: 'submit.memory',
+      ...rps,
+      baseline: 'submit.sqlite',
+      ...target(faster('submit req/s'), '> 1.0x SQLite', '>', 1),
+    },
+    {
+      scenario: S13,
+      variant: 'RSS after the submit run, memory vs SQLite',
+      key: 'submit.memory',
+      ...rss,
+      baseline: 'submit.sqlite',
+      ...target("Memory store RSS after the submit run vs SQLite's", "<= 2.0x SQLite's", '<=', 2),
+    },
+    {
+      scenario: S13,
+      variant: 'end to end, memory vs SQLite',
+      key: 'e2e.memory',
+      ...jps,
+      baseline: 'e2e.sqlite',
+      ...target(faster('end to end jobs/s'), '> 1.0x SQLite', '>', 1),
+    },
+    {
+      scenario: S13,
+      variant: 'submit to handler start p50 (lower is better), memory vs SQLite',
+      key: 'latency.memory',
+      ...ms('toStartMs_p50', 'to handler start p50, ms'),
+      baseline: 'latency.sqlite',
+      ...target(faster('submit-to-handler-start p50'), '< 1.0x SQLite', '<', 1),
+    },
+    {
+      scenario: S13,
+      variant: 'status read, memory vs SQLite',
+      key: 'status.memory',
+      ...rps,
+      baseline: 'status.sqlite',
+      ...target(faster('status read req/s'), '> 1.0x SQLite', '>', 1),
+    },
+  ]
+  const has = (key: string) =>
+    key.startsWith('submit.') ? opts.scenarios.has('submit') : opts.scenarios.has(key.split('.')[0] as Scenario)
+  return [
+    ...SCENARIOS.filter((s) => opts.scenarios.has(s)).flatMap((s) => parts[s]),
+    ...vsSqlite.filter((row) => has(row.key) && has(row.baseline!)),
+  ]
 }
 
 /** Facts about this run that the table alone would hide. */

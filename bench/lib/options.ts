@@ -10,10 +10,12 @@ export const SCENARIOS = [
   'streams',
   'query',
   'webhooks',
+  'demo',
+  'memory1m',
 ] as const
 export type Scenario = (typeof SCENARIOS)[number]
 /** Scenarios only `--only` runs: they take minutes of their own (see bench/README.md). */
-const OPT_IN: readonly Scenario[] = ['query']
+const OPT_IN: readonly Scenario[] = ['query', 'memory1m']
 
 export interface BenchOptions {
   quick: boolean
@@ -23,6 +25,10 @@ export interface BenchOptions {
   warmup: number
   runs: number
   connections: number
+  /** autocannon connections for the p99 reads of the scale scenario (few, so that p99 is not queueing). */
+  readConnections: number
+  /** Operations of the memory1m scenario. */
+  memoryOps: number
   /** Worker concurrency of every engine and BullMQ worker. */
   concurrency: number
   /** Operations in the end-to-end scenario. */
@@ -53,6 +59,7 @@ const HELP = `Usage: npm run bench -- [options]          (environment variable, 
   --warmup <s>          unmeasured load after each server start  (BENCH_WARMUP, 1)
   --runs <n>            runs per variant; tables show the median (BENCH_RUNS, 3)
   --connections <n>     autocannon connections                   (BENCH_CONNECTIONS, 50)
+  --read-connections <n> connections of the scale scenario's p99 reads (BENCH_READ_CONNECTIONS, 1)
   --concurrency <n>     worker concurrency, longrun and BullMQ   (BENCH_CONCURRENCY, 50)
   --jobs <n>            operations in the end-to-end scenario    (BENCH_JOBS, 20000)
   --latency-ops <n>     sequential operations per latency run    (BENCH_LATENCY_OPS, 1000)
@@ -61,14 +68,22 @@ const HELP = `Usage: npm run bench -- [options]          (environment variable, 
   --drain-timeout <s>   longest wait for accepted jobs to finish (BENCH_DRAIN_TIMEOUT, 60)
   --streams <n>         concurrent event streams                 (BENCH_STREAMS, 2000)
   --query-ops <n>       operations stored for the query scenario (BENCH_QUERY_OPS, 1000000)
+  --memory-ops <n>      operations of the memory1m scenario      (BENCH_MEMORY_OPS, 1000000)
   --only <list>         comma-separated subset of               (BENCH_ONLY, all but ${OPT_IN.join(', ')})
                         ${SCENARIOS.join(', ')}
-                        (${OPT_IN.join(', ')}: only when named; writes bench/results/query.{md,json})
+                        (${OPT_IN.join(', ')}: only when named; query alone writes
+                        bench/results/query.{md,json}, memory1m alone memory1m.{md,json})
   --skip-scale          leave out the scale scenario (no prefill) (BENCH_SKIP_SCALE=1)
   --name <name>         results file name in bench/results/      (latest; quick with --quick)
   --redis <url>         Redis for the BullMQ baselines           (REDIS_URL, redis://127.0.0.1:6379)
   --help
 `
+
+/** The opt-in scenarios run alone keep their own results file, as the streams run does. */
+function soloName(scenarios: Set<Scenario>): string {
+  for (const s of OPT_IN) if (scenarios.has(s)) return s
+  return 'latest'
+}
 
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions {
   const { values } = parseArgs({
@@ -81,6 +96,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
       warmup: { type: 'string' },
       runs: { type: 'string' },
       connections: { type: 'string' },
+      'read-connections': { type: 'string' },
+      'memory-ops': { type: 'string' },
       concurrency: { type: 'string' },
       jobs: { type: 'string' },
       'latency-ops': { type: 'string' },
@@ -129,6 +146,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     warmup: num(values.warmup, 'BENCH_WARMUP', quick ? 0.5 : 1, 0),
     runs: int(values.runs, 'BENCH_RUNS', quick ? 1 : 3),
     connections: int(values.connections, 'BENCH_CONNECTIONS', 50),
+    readConnections: int(values['read-connections'], 'BENCH_READ_CONNECTIONS', 1),
+    memoryOps: int(values['memory-ops'], 'BENCH_MEMORY_OPS', 1_000_000, 10),
     concurrency: int(values.concurrency, 'BENCH_CONCURRENCY', 50),
     jobs: int(values.jobs, 'BENCH_JOBS', quick ? 5_000 : 20_000),
     latencyOps: int(values['latency-ops'], 'BENCH_LATENCY_OPS', quick ? 200 : 1_000),
@@ -139,7 +158,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     queryOps: int(values['query-ops'], 'BENCH_QUERY_OPS', 1_000_000),
     scenarios,
     redisUrl: values.redis ?? env.REDIS_URL ?? 'redis://127.0.0.1:6379',
-    // The query scenario alone keeps its own file, as the streams run does.
-    name: values.name ?? (quick ? 'quick' : scenarios.size === 1 && scenarios.has('query') ? 'query' : 'latest'),
+    // An opt-in scenario alone keeps its own file, as the streams run does.
+    name: values.name ?? (quick ? 'quick' : scenarios.size === 1 ? soloName(scenarios) : 'latest'),
   }
 }

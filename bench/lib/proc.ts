@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
+import { closeSync, openSync, readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { READY } from './shared.js'
@@ -14,11 +15,17 @@ process.on('exit', () => {
   for (const child of live) child.kill('SIGKILL')
 })
 
-function nodeProcess(script: string, env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, [...NODE_ARGS, script], {
+function nodeProcess(
+  script: string,
+  env: Record<string, string>,
+  options: { nodeArgs?: string[]; stdoutFd?: number; unsetEnv?: readonly string[] } = {},
+): ChildProcess {
+  const merged: NodeJS.ProcessEnv = { ...process.env, ...env }
+  for (const name of options.unsetEnv ?? []) delete merged[name]
+  const child = spawn(process.execPath, [...NODE_ARGS, ...(options.nodeArgs ?? []), script], {
     cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    env: merged,
+    stdio: ['ignore', options.stdoutFd ?? 'pipe', 'pipe'],
   })
   live.add(child)
   child.once('exit', () => live.delete(child))
@@ -61,31 +68,105 @@ function tail(text: string): string {
   return lines.slice(-20).join('\n')
 }
 
-/** Starts `bench/servers/<name>.ts` in its own process and resolves once it prints its ready line. */
+export interface ServerOptions {
+  /** The script to run, relative to the repository root. @default `bench/servers/<name>.ts` */
+  script?: string
+  /**
+   * Send the server's stdout to this file instead of a pipe: for servers that log every request, so
+   * that nobody has to read (or hold) their output and a full pipe can never stall them. The ready
+   * line is then looked for in the file.
+   */
+  logFile?: string
+  /** What the server prints on stdout once it accepts requests. @default READY */
+  ready?: string
+  /**
+   * Whether the server has the `GET /_bench/state` route; without it, `state()` reads RSS and CPU
+   * time from /proc and has no counters (NaN).
+   */
+  stateRoute?: boolean
+  /** Variables of the driver's environment the server must not see (an empty one is not unset). */
+  unsetEnv?: readonly string[]
+  timeoutMs?: number
+}
+
+/** RSS and CPU time of a process from /proc (Linux), for servers without a state route. */
+function procState(pid: number): ServerState {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  const rssKiB = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? NaN)
+  // Fields 14 and 15 of /proc/<pid>/stat (utime, stime) in clock ticks, after the `(comm)` field.
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const ticks = Number(fields[11]) + Number(fields[12])
+  return { accepted: NaN, done: NaN, rss: rssKiB * 1024, cpuMicros: ticks * 10_000 }
+}
+
+/**
+ * Starts a server (`bench/servers/<name>.ts` unless `options.script` says otherwise) in its own
+ * process and resolves once it prints its ready line.
+ */
 export async function startServer(
   name: string,
   env: Record<string, string> = {},
-  timeoutMs = 60_000,
+  options: ServerOptions = {},
 ): Promise<RunningServer> {
+  const {
+    script = `bench/servers/${name}.ts`,
+    logFile,
+    ready = READY,
+    stateRoute = true,
+    unsetEnv = [],
+    timeoutMs = 60_000,
+  } = options
   const port = await freePort()
-  const child = nodeProcess(`bench/servers/${name}.ts`, { ...env, PORT: String(port) })
+  const fd = logFile !== undefined ? openSync(logFile, 'w') : undefined
+  let child: ChildProcess
+  try {
+    child = nodeProcess(
+      script,
+      { ...env, PORT: String(port) },
+      { unsetEnv, ...(fd !== undefined ? { stdoutFd: fd } : {}) },
+    )
+  } finally {
+    // The child has its own copy of the descriptor.
+    if (fd !== undefined) closeSync(fd)
+  }
   let stdout = ''
   let stderr = ''
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-20_000)))
+  let poll: NodeJS.Timeout | undefined
   await new Promise<void>((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer)
+      clearInterval(poll)
+    }
     const timer = setTimeout(() => {
+      done()
       child.kill('SIGKILL')
       reject(new Error(`server ${name} not ready after ${timeoutMs} ms\n${tail(stderr)}`))
     }, timeoutMs)
-    child.stdout!.on('data', (d: Buffer) => {
-      stdout += d.toString()
-      if (stdout.includes(READY)) {
-        clearTimeout(timer)
-        resolve()
+    if (logFile !== undefined) {
+      poll = setInterval(() => {
+        if (readFileSync(logFile, 'utf8').includes(ready)) {
+          done()
+          resolve()
+        }
+      }, 50)
+    } else {
+      const onData = (d: Buffer) => {
+        stdout += d.toString()
+        if (stdout.includes(ready)) {
+          done()
+          // From now on the output is read and dropped, never kept.
+          child.stdout!.off('data', onData)
+          child.stdout!.resume()
+          stdout = ''
+          resolve()
+        }
       }
-    })
+      child.stdout!.on('data', onData)
+    }
     child.once('exit', (code, signal) => {
-      clearTimeout(timer)
+      done()
       reject(new Error(`server ${name} exited before ready (code ${code}, signal ${signal})\n${tail(stderr)}`))
     })
   })
@@ -99,6 +180,7 @@ export async function startServer(
     pid: child.pid!,
     url,
     async state() {
+      if (!stateRoute) return procState(child.pid!)
       const res = await fetch(`${url}/_bench/state`)
       if (!res.ok) throw new Error(`server ${name}: /_bench/state answered ${res.status}`)
       return (await res.json()) as ServerState
@@ -114,9 +196,14 @@ export async function startServer(
   }
 }
 
-/** Runs `bench/jobs/<name>.ts` to its end and returns the JSON line it printed. */
-export async function runJob<T>(name: string, env: Record<string, string>, timeoutMs: number): Promise<T> {
-  const child = nodeProcess(`bench/jobs/${name}.ts`, env)
+/** Runs `bench/jobs/<name>.ts` (with `nodeArgs`, e.g. `--expose-gc`) to its end and returns the JSON line it printed. */
+export async function runJob<T>(
+  name: string,
+  env: Record<string, string>,
+  timeoutMs: number,
+  nodeArgs: string[] = [],
+): Promise<T> {
+  const child = nodeProcess(`bench/jobs/${name}.ts`, env, { nodeArgs })
   let stdout = ''
   let stderr = ''
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()))

@@ -20,7 +20,7 @@ export interface Target {
   name: string
   /** What the target says, e.g. `>= 0.6x raw Fastify`. */
   text: string
-  op: '>=' | '<=' | '<'
+  op: '>=' | '>' | '<=' | '<'
   value: number
   /** Compare the ratio to the baseline, or the median itself. */
   on: 'ratio' | 'median'
@@ -66,7 +66,8 @@ export function evaluate(rows: Row[], samples: Record<string, Sample[]>): RowRes
       const figure = row.target.on === 'ratio' ? result.ratio : result.summary.median
       if (figure !== undefined && Number.isFinite(figure)) {
         const { op, value } = row.target
-        result.met = op === '>=' ? figure >= value : op === '<=' ? figure <= value : figure < value
+        result.met =
+          op === '>=' ? figure >= value : op === '>' ? figure > value : op === '<=' ? figure <= value : figure < value
       }
     }
     out.push(result)
