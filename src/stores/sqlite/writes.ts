@@ -132,7 +132,11 @@ export class SqliteWrites {
       if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw duplicateOperationId(op.id)
       throw err
     }
-    this.#record(op.id, { at: op.createdAt, event: 'submitted', attempt: 0, actor: op.owner })
+    this.#record(
+      op.id,
+      { at: op.createdAt, event: 'submitted', attempt: 0, actor: op.owner },
+      !!op.subscriptions?.length,
+    )
     return inserted
   }
 
@@ -181,7 +185,9 @@ export class SqliteWrites {
         claimed.push(...due)
       }
     }
-    for (const op of claimed) this.#record(op.id, { at: now, event: 'started', attempt: op.attempt, worker })
+    for (const op of claimed) {
+      this.#record(op.id, { at: now, event: 'started', attempt: op.attempt, worker }, !!op.subscriptions?.length)
+    }
     return claimed
   }
 
@@ -193,13 +199,14 @@ export class SqliteWrites {
   }
 
   progress(lease: Lease, progress: Progress, at: number): boolean {
-    const held =
-      this.#sql(`UPDATE operations SET progress = @progress WHERE ${HELD}`).run({
-        ...lease,
-        progress: JSON.stringify(progress),
-      }).changes === 1
-    if (held) this.#record(lease.id, { at, event: 'progress', attempt: lease.attempt, worker: lease.worker, progress })
-    return held
+    const held = this.#sql(`UPDATE operations SET progress = @progress WHERE ${HELD} RETURNING subscriptions`).get({
+      ...lease,
+      progress: JSON.stringify(progress),
+    }) as Pick<Row, 'subscriptions'> | undefined
+    if (!held) return false
+    const entry = { at, event: 'progress', attempt: lease.attempt, worker: lease.worker, progress } as const
+    this.#record(lease.id, entry, held.subscriptions !== null)
+    return true
   }
 
   settle(lease: Lease, outcome: Outcome, now: number): Operation | undefined {
@@ -222,13 +229,17 @@ export class SqliteWrites {
             expiresAt: outcome.expiresAt,
           })
     if (settled === undefined) return undefined
-    this.#record(lease.id, {
-      at: now,
-      event: outcome.state === 'queued' ? 'retry-scheduled' : outcome.state,
-      attempt: lease.attempt,
-      worker: lease.worker,
-      ...(outcome.state === 'succeeded' ? {} : { error: outcome.error }),
-    })
+    this.#record(
+      lease.id,
+      {
+        at: now,
+        event: outcome.state === 'queued' ? 'retry-scheduled' : outcome.state,
+        attempt: lease.attempt,
+        worker: lease.worker,
+        ...(outcome.state === 'succeeded' ? {} : { error: outcome.error }),
+      },
+      !!settled.subscriptions?.length,
+    )
     return settled
   }
 
@@ -429,7 +440,12 @@ export class SqliteWrites {
    * subscriptions name for the event: the single place every write records history, so that every
    * message is in the transaction of its event.
    */
-  #record(id: string, entry: Omit<HistoryEntry, 'seq'>): void {
+  /**
+   * Appends an event to the operation's history, and its messages to the outbox. `subscribed`:
+   * false when the caller read the operation in this transaction and it has no subscriptions, which
+   * spares the lookup of the operation that finds none (most events of most operations).
+   */
+  #record(id: string, entry: Omit<HistoryEntry, 'seq'>, subscribed = true): void {
     const { lastInsertRowid: seq } = this.#sql(
       `INSERT INTO operation_events (operation_id, at, event, attempt, worker, actor, has_actor, error, progress)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -444,6 +460,7 @@ export class SqliteWrites {
       entry.error === undefined ? null : JSON.stringify(entry.error),
       entry.progress === undefined ? null : JSON.stringify(entry.progress),
     )
+    if (!subscribed) return
     this.#sql(
       `INSERT INTO outbox (id, operation_id, seq, event, at, target, state, due_at)
        SELECT 'msg_' || @id || '_' || CAST(@seq AS INTEGER) || '_' || target, @id, CAST(@seq AS INTEGER), @event, @at, target,
