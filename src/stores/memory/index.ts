@@ -1,7 +1,15 @@
-import type { Deferrable, EventFeed, EventLog, Outbox, Queryable, Store, Trimmable } from '../../core/store.js'
-import { MemoryStore } from './store.js'
+import type { Deferrable, EventFeed, EventLog, Outbox, Queryable, Stamped, Store, Trimmable } from '../../core/store.js'
+import { MemoryStore, type MemoryStoreOptions } from './store.js'
 
-/** Keeps operations in this process's memory: for tests and ephemeral use; nothing survives a restart. */
-export function memoryStore(): Store & EventLog & EventFeed & Queryable & Trimmable & Outbox & Deferrable {
-  return new MemoryStore()
+export type { MemoryStoreOptions } from './store.js'
+
+/**
+ * Keeps operations in this process's memory: for tests and ephemeral use; nothing survives a
+ * restart. Keeps at most `maxFinished` finished operations (10,000 unless told), so that its heap
+ * stays flat however many run.
+ */
+export function memoryStore(
+  options: MemoryStoreOptions = {},
+): Store & EventLog & EventFeed & Queryable & Trimmable & Outbox & Deferrable & Stamped {
+  return new MemoryStore(options)
 }
