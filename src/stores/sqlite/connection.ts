@@ -25,6 +25,9 @@ export function openConnection(path: string, synchronous: Synchronous): Database
     db.pragma(`synchronous = ${synchronous === 'NORMAL' ? 'NORMAL' : 'FULL'}`)
     db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`)
     db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`)
+    // Every change of state fires the counters' triggers inside a transaction, which gives each
+    // statement a statement journal: in a temporary file, it cost a settle 49 µs instead of 20.
+    db.pragma('temp_store = MEMORY')
     return db
   } catch (err) {
     db.close()
