@@ -9,7 +9,7 @@ import {
   toOperationError,
   type AbortCause,
 } from './errors.js'
-import type { Logger } from './logger.js'
+import { logs, type Logger } from './logger.js'
 import type { ResolvedEngineOptions } from './options.js'
 import type { Lease, Operation, OperationError, Outcome, Progress } from './types.js'
 
@@ -27,7 +27,8 @@ interface Run {
   op: Operation
   lease: Lease
   def: ResolvedDefinition
-  controller: AbortController
+  /** Made when the handler first reads `op.signal`: most never do, and one per run is not free. */
+  controller?: AbortController
   abortedBy?: AbortCause
   ended: boolean
   timers: NodeJS.Timeout[]
@@ -141,7 +142,6 @@ export class Runner {
       op,
       lease: { id: op.id, attempt: op.attempt, worker: this.#opts.workerId },
       def,
-      controller: new AbortController(),
       ended: false,
       timers: [],
     }
@@ -190,10 +190,12 @@ export class Runner {
     if (run.abortedBy) return void this.#end(run, { kind: 'skipped' })
     const { op, def } = run
     if (op.timeoutMs !== null) run.timers.push(setTimeout(() => this.#abort(run, 'timeout'), op.timeoutMs))
-    this.#opts.logger.info(
-      { ...logFields(op), owner: op.owner },
-      `longrun: starting ${op.name} ${op.id} (attempt ${op.attempt})`,
-    )
+    if (logs(this.#opts.logger, 'info')) {
+      this.#opts.logger.info(
+        { ...logFields(op), owner: op.owner },
+        `longrun: starting ${op.name} ${op.id} (attempt ${op.attempt})`,
+      )
+    }
 
     let pending: Promise<unknown>
     try {
@@ -223,7 +225,9 @@ export class Runner {
       context: op.context ?? {},
       user: op.owner === null ? undefined : { id: op.owner },
       args: def.args,
-      signal: run.controller.signal,
+      get signal() {
+        return signalOf(run)
+      },
       // Made on first use: most handlers never log, and a child logger per run is not free.
       get log() {
         return (log ??= logger.child(logFields(op)))
@@ -241,7 +245,7 @@ export class Runner {
         }
         if (await this.#opts.store.progress(lease, progress, this.#opts.clock())) {
           op.progress = progress
-          logger.debug({ ...logFields(op), progress }, 'longrun: progress')
+          if (logs(logger, 'debug')) logger.debug({ ...logFields(op), progress }, 'longrun: progress')
           this.#hooks.progressed(op, progress)
         }
       },
@@ -251,7 +255,7 @@ export class Runner {
   #abort(run: Run, cause: AbortCause): void {
     if (run.abortedBy || run.ended) return
     run.abortedBy = cause
-    run.controller.abort(new OperationAbortedError(cause))
+    run.controller?.abort(new OperationAbortedError(cause))
     // A handler that ignores its signal does not hold the operation (or its slot) past the grace period.
     run.timers.push(setTimeout(() => this.#end(run, { kind: 'abandoned' }), this.#opts.graceMs))
   }
@@ -295,6 +299,7 @@ export class Runner {
   }
 
   #logOutcome(op: Operation): void {
+    if (!logs(this.#opts.logger, 'info')) return
     const fields = {
       ...logFields(op),
       owner: op.owner,
@@ -422,4 +427,13 @@ function shown(value: unknown): string {
 function logFields(op: Operation) {
   const fields = { operationId: op.id, operation: op.name, attempt: op.attempt }
   return op.requestId === undefined ? fields : { ...fields, reqId: op.requestId }
+}
+
+/** The run's abort signal, already aborted when the run was before the handler first asked. */
+function signalOf(run: Run): AbortSignal {
+  if (!run.controller) {
+    run.controller = new AbortController()
+    if (run.abortedBy) run.controller.abort(new OperationAbortedError(run.abortedBy))
+  }
+  return run.controller.signal
 }
