@@ -3,6 +3,7 @@ import pg from 'pg'
 import { afterEach, beforeEach, expect, it } from 'vitest'
 import { Engine } from '../src/core/engine.js'
 import { LongrunError } from '../src/core/errors.js'
+import { silentLogger } from '../src/core/logger.js'
 import type { FeedEntry, StoreNotice } from '../src/core/store.js'
 import type { Operation } from '../src/core/types.js'
 import { MIGRATIONS } from '../src/stores/postgres/migrations.js'
@@ -317,5 +318,26 @@ describePostgres('postgres store across nodes', (url) => {
     expect(((await rejection(store.insert(newOp({ id: 'too-late' })))) as LongrunError).code).toBe('store-closed')
     expect(((await rejection(store.get('in-flight'))) as LongrunError).code).toBe('store-closed')
     expect((await openStore().get('in-flight'))?.state).toBe('queued')
+  })
+
+  it('keeps answering, unprepared, when a newer node adds a column under its prepared statements', async () => {
+    const warnings: string[] = []
+    const logger = { ...silentLogger, warn: (_: object | string, msg?: string) => void warnings.push(msg ?? '') }
+    // One connection: the statements prepared by the first calls are those the later ones meet.
+    const store = openStore({ leaseClock: 'caller', max: 1, logger })
+    await store.insert(newOp({ id: 'shape-1' }))
+    expect((await store.get('shape-1'))?.state).toBe('queued')
+    await sql(url, `ALTER TABLE ${schema}.operations ADD COLUMN from_the_future INTEGER`)
+    expect((await store.get('shape-1'))?.state).toBe('queued')
+    await store.insert(newOp({ id: 'shape-2' }))
+    const claimed = await store.claim('w1', [{ name: 'work', limit: 2 }], LEASE, T0)
+    expect(claimed.map((op) => op.id)).toEqual(['shape-1', 'shape-2'])
+    const settled = await store.settle(
+      { id: 'shape-1', attempt: 1, worker: 'w1' },
+      { state: 'succeeded', result: 1, expiresAt: T0 + 60_000 },
+      T0,
+    )
+    expect(settled?.state).toBe('succeeded')
+    expect(warnings).toEqual(['longrun: prepared statements fail here; running them unprepared'])
   })
 })

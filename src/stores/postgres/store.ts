@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
 import { canceledError, duplicateOperationId, invalidOption, LongrunError, storeClosed } from '../../core/errors.js'
@@ -85,6 +85,9 @@ export class PgStore implements PostgresStore {
   readonly #origin = randomBytes(6).toString('hex')
   readonly #channel: string
   readonly #sql: ReturnType<typeof statements>
+  /** The name each fixed statement is prepared under, on each connection that runs it: see #query. */
+  readonly #prepared: ReadonlyMap<string, string>
+  #prepare = true
   #ready: Promise<void>
   #migrationFailedAt = 0
   readonly #inFlight = new Set<Promise<unknown>>()
@@ -116,6 +119,13 @@ export class PgStore implements PostgresStore {
     this.#logger = logger ?? silentLogger
     this.#channel = `longrun_${schema}`
     this.#sql = statements(schema, leaseClock)
+    // Named after their text: a name met on a connection (a pooler's shared one too) is this statement.
+    this.#prepared = new Map(
+      Object.values(this.#sql).map((text) => [
+        text,
+        `longrun_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`,
+      ]),
+    )
     const userTypes = config.types
     this.#clientConfig = {
       ...config,
@@ -692,6 +702,19 @@ export class PgStore implements PostgresStore {
   async #query<R>(text: string, values: unknown[]): Promise<R[]> {
     try {
       await this.#whenMigrated()
+      // The fixed statements are prepared: each connection parses and plans them once, not at
+      // every call (a third of a one-operation insert). Where that cannot work, the statement runs
+      // unprepared, then and from then on; it had not run (see unpreparable).
+      const name = this.#prepare ? this.#prepared.get(text) : undefined
+      if (name !== undefined) {
+        try {
+          return (await this.#pool.query({ name, text, values })).rows as R[]
+        } catch (err) {
+          if (!unpreparable(err)) throw err
+          this.#prepare = false
+          this.#logger.warn({ err }, 'longrun: prepared statements fail here; running them unprepared')
+        }
+      }
       const result = await this.#pool.query(text, values)
       return result.rows as R[]
     } catch (err) {
@@ -720,6 +743,18 @@ export class PgStore implements PostgresStore {
       clearTimeout(timer)
     }
   }
+}
+
+/**
+ * Failures of a prepared statement before it ran, that the same statement unprepared does not
+ * meet: a pooler that runs each transaction on any server connection (the name is missing there,
+ * or taken: 26000, 42P05), and a plan whose rows changed shape under it (a newer node added a
+ * column: 0A000).
+ */
+function unpreparable(err: unknown): boolean {
+  const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown }
+  if (code === '26000' || code === '42P05') return true
+  return code === '0A000' && typeof message === 'string' && message.includes('cached plan must not change result type')
 }
 
 interface DeliveryRow {
