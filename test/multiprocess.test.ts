@@ -131,16 +131,18 @@ describePostgres('scale-out on PostgreSQL (2 API processes, 2 workers)', (url) =
     // A failed test must not leave an unhandled rejection behind: it is awaited below.
     submitting.catch(() => {})
 
-    // Kill one worker while it holds running operations.
+    // Kill one worker while it holds running operations, one of them a second-long one: quick ones
+    // alone may all be settled by the time the signal lands.
     await until(
-      async () =>
-        (
-          await sql<{ n: number }>(
-            url,
-            `SELECT count(*)::int AS n FROM ${ops} WHERE state = 'running' AND worker LIKE $1`,
-            [workerOf(doomed.pid)],
-          )
-        )[0]!.n >= 5,
+      async () => {
+        const [held] = await sql<{ n: number; long: number }>(
+          url,
+          `SELECT count(*)::int AS n, count(*) FILTER (WHERE (input->>'delayMs')::int >= 1000)::int AS long
+           FROM ${ops} WHERE state = 'running' AND worker LIKE $1`,
+          [workerOf(doomed.pid)],
+        )
+        return held!.n >= 5 && held!.long >= 1
+      },
       40_000,
       { interval: 20 },
     )
