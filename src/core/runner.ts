@@ -31,6 +31,8 @@ interface Run {
   controller?: AbortController
   abortedBy?: AbortCause
   ended: boolean
+  /** Its concurrency slot was given back (when the handler ended, before its outcome is written). */
+  freed?: boolean
   timers: NodeJS.Timeout[]
 }
 
@@ -272,11 +274,18 @@ export class Runner {
     }
     const { store, clock } = this.#opts
     try {
+      // Once the outcome is on its way, the handler's slot claims the next operation (#free), so
+      // that the two overlap (two round trips at once on PostgreSQL) rather than take turns. The
+      // lease stays this run's until the outcome is in.
       const outcome = this.#outcome(run, ending)
       if (outcome === 'release') {
-        await store.release(run.lease, clock())
+        const releasing = store.release(run.lease, clock())
+        this.#free(run)
+        await releasing
       } else if (outcome) {
-        const settled = await store.settle(run.lease, outcome, clock())
+        const settling = store.settle(run.lease, outcome, clock())
+        this.#free(run)
+        const settled = await settling
         if (settled) {
           this.#logOutcome(settled)
           this.#hooks.settled(settled)
@@ -289,13 +298,17 @@ export class Runner {
     } finally {
       // A later attempt of the same operation may hold the entry by now: leave it to that one.
       if (this.#active.get(run.op.id) === run) this.#active.delete(run.op.id)
-      this.#busy.set(run.def.name, (this.#busy.get(run.def.name) ?? 1) - 1)
-      if (this.#stopping) {
-        if (this.#active.size === 0) this.#drained?.()
-      } else {
-        this.wake()
-      }
+      this.#free(run)
+      if (this.#stopping && this.#active.size === 0) this.#drained?.()
     }
+  }
+
+  /** Gives the run's concurrency slot back, once, and claims for it. */
+  #free(run: Run): void {
+    if (run.freed) return
+    run.freed = true
+    this.#busy.set(run.def.name, (this.#busy.get(run.def.name) ?? 1) - 1)
+    this.wake()
   }
 
   #logOutcome(op: Operation): void {
