@@ -19,6 +19,7 @@ import {
   type RetryPolicy,
   type Store,
 } from '../src/core/index.js'
+import { silentLogger } from '../src/core/logger.js'
 import { memoryStore } from '../src/stores/memory/index.js'
 import { sqliteStore } from '../src/stores/sqlite/index.js'
 import { until } from './helpers/until.js'
@@ -91,6 +92,32 @@ async function thrown(fn: () => Promise<unknown>): Promise<LongrunError> {
 const abortCode = (reason: unknown) => (reason instanceof OperationAbortedError ? reason.code : reason)
 
 describe('Engine', () => {
+  it('goes on when the store cannot record a progress report: the report is dropped, warned of once', async () => {
+    const store = memoryStore()
+    // The store refuses progress as a full disk would, and takes the outcome once space is back.
+    store.progress = async () => {
+      throw new LongrunError('storage-full', 'The disk of the database is full; try again once space is freed.')
+    }
+    const warnings: string[] = []
+    const logger = { ...silentLogger, warn: (_: object | string, msg?: string) => void warnings.push(msg ?? '') }
+    const engine = makeEngine({ store, logger })
+    engine.define({
+      name: 'reports',
+      async handler(op) {
+        await op.progress(10, 'one')
+        await op.progress(50, 'two')
+        return 'done'
+      },
+    })
+    engine.start()
+    const op = await engine.submit('reports')
+    const done = await reach(engine, op.id, 'succeeded')
+    expect(done).toMatchObject({ result: 'done', attempt: 1, progress: { percent: 0 } })
+    expect(warnings).toEqual([
+      'longrun: recording progress failed; the report is dropped (not logged again this attempt)',
+    ])
+  })
+
   describe('running operations', () => {
     it('moves an operation from queued through running to succeeded and stores its result', async () => {
       const engine = makeEngine()

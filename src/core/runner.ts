@@ -216,6 +216,7 @@ export class Runner {
     const logger = this.#opts.logger
     let log: Logger | undefined
     let progressWarned = false
+    let progressDropped = false
     return {
       id: op.id,
       name: op.name,
@@ -245,7 +246,22 @@ export class Runner {
             'longrun: op.progress() got a value out of range or of the wrong type (not logged again this attempt)',
           )
         }
-        if (await this.#opts.store.progress(lease, progress, this.#opts.clock())) {
+        let recorded: boolean
+        try {
+          recorded = await this.#opts.store.progress(lease, progress, this.#opts.clock())
+        } catch (err) {
+          // A report may be lost by design (it is a losable write): a store that cannot take it
+          // now (a full disk, a database away) must not fail the work that made it.
+          if (!progressDropped) {
+            progressDropped = true
+            logger.warn(
+              { ...logFields(op), err },
+              'longrun: recording progress failed; the report is dropped (not logged again this attempt)',
+            )
+          }
+          return
+        }
+        if (recorded) {
           op.progress = progress
           if (logs(logger, 'debug')) logger.debug({ ...logFields(op), progress }, 'longrun: progress')
           this.#hooks.progressed(op, progress)
