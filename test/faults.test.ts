@@ -561,7 +561,9 @@ describe('the demo on SQLite while its disk is full', () => {
         for (const id of load.acked) {
           const { status, body } = await call(base, 'GET', `${OPS}/${id}`)
           if (body.state !== 'succeeded')
-            unfinished.push(`${id}: ${status} ${String(body.state)} #${String(body.attempt)}`)
+            unfinished.push(
+              `${id}: ${status} ${String(body.state)} #${String(body.attempt)} ${JSON.stringify(body.error ?? null)}`,
+            )
         }
         return unfinished.length === 0
       },

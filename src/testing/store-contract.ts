@@ -18,6 +18,7 @@ import {
   isDeferrable,
   isExclusive,
   isQueryable,
+  isStamped,
   isTrimmable,
   type Deferrable,
   type EventFeed,
@@ -30,6 +31,7 @@ import {
   type Outbox,
   type Queryable,
   type QuerySort,
+  type Stamped,
   type Store,
   type Trimmable,
 } from '../core/store.js'
@@ -2156,6 +2158,40 @@ export function storeContract(name: string, open: () => Promise<OpenedStore>): v
         const [message, ...rest] = await box.claimMessages('s1', 10, LEASE, T0 + 100)
         expect(rest).toEqual([])
         expect(message).toMatchObject({ operationId: op.id, event: 'queued', at: T0 + 10, target: 'ep_1' })
+      })
+    })
+
+    describe('change stamp', () => {
+      let stamped: Store & Stamped
+
+      beforeEach(({ skip }) => {
+        if (!isStamped(store)) skip()
+        stamped = store as Store & Stamped
+      })
+
+      it('stays while only reads happen, and moves with every change a reader could see', async () => {
+        const op = await running()
+        const still = stamped.changeStamp()
+        await store.get(op.id)
+        await store.history(op.id)
+        await store.list({ limit: 10 })
+        await store.stats({})
+        expect(stamped.changeStamp()).toBe(still)
+        const changes: [string, () => Promise<unknown>][] = [
+          ['insert', () => store.insert(newOp())],
+          ['progress', () => store.progress(leaseOf(op), { percent: 40 }, T0 + 1)],
+          ['cancel request', () => store.cancel(op.id, T0 + 2, T0 + RETAIN, 'alice')],
+          [
+            'settle',
+            () => store.settle(leaseOf(op), { state: 'succeeded', result: 1, expiresAt: T0 + RETAIN }, T0 + 3),
+          ],
+          ['delete', () => store.delete(op.id)],
+        ]
+        for (const [what, change] of changes) {
+          const before = stamped.changeStamp()
+          await change()
+          expect(stamped.changeStamp(), what).not.toBe(before)
+        }
       })
     })
 
