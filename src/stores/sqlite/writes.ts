@@ -438,12 +438,9 @@ export class SqliteWrites {
   /**
    * Appends an event to the operation's log, and one outbox message for each target its
    * subscriptions name for the event: the single place every write records history, so that every
-   * message is in the transaction of its event.
-   */
-  /**
-   * Appends an event to the operation's history, and its messages to the outbox. `subscribed`:
-   * false when the caller read the operation in this transaction and it has no subscriptions, which
-   * spares the lookup of the operation that finds none (most events of most operations).
+   * message is in the transaction of its event. `subscribed`: false when the caller read the
+   * operation in this transaction and it has no subscriptions, which spares the lookup of the
+   * operation that would find none (most events of most operations).
    */
   #record(id: string, entry: Omit<HistoryEntry, 'seq'>, subscribed = true): void {
     const { lastInsertRowid: seq } = this.#sql(
