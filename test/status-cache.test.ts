@@ -21,6 +21,13 @@ afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close()
 })
 
+/** A SQLite file in a temporary folder, removed after the test (after the stores are closed). */
+function dbPath(): string {
+  const dir = tempDir()
+  closers.unshift(() => dir.remove())
+  return join(dir.path, 'ops.db')
+}
+
 async function serve(
   store: Store,
   formats?: ('application/json' | 'application/yaml')[],
@@ -68,7 +75,7 @@ async function submit(client: Client, key: string): Promise<string> {
 
 describe('status reads from the cache', () => {
   it('show a change another connection to the SQLite file committed, at the next read', async () => {
-    const path = join(tempDir().path, 'ops.db')
+    const path = dbPath()
     const { client } = await serve(sqliteStore({ path }))
     const id = await submit(client, 'a')
     await reach(client, id, 'running')
@@ -90,7 +97,7 @@ describe('status reads from the cache', () => {
   })
 
   it('show what the worker of the same process changed, and never to a caller who may not read it', async () => {
-    const { client, gates } = await serve(sqliteStore({ path: join(tempDir().path, 'ops.db') }))
+    const { client, gates } = await serve(sqliteStore({ path: dbPath() }))
     const id = await submit(client, 'b')
     await reach(client, id, 'running')
     expect((await client.get(`/operations/${id}`, ALICE)).body).toMatchObject({ state: 'running' })
@@ -119,7 +126,7 @@ describe('status reads from the cache', () => {
 
 describe('the SQLite store change stamp', () => {
   it('moves with every commit, of this connection or another, and stays while only reads happen', async () => {
-    const path = join(tempDir().path, 'ops.db')
+    const path = dbPath()
     const store = sqliteStore({ path })
     const other = sqliteStore({ path })
     closers.push(
