@@ -52,7 +52,14 @@ export class OperationAccess {
   }
 
   async get(id: string): Promise<Operation> {
-    const op = await this.#engine.get(id)
+    return this.shown(await this.#engine.get(id))
+  }
+
+  /**
+   * `op` when this caller may read it, else the not-found a missing one gets: for an operation
+   * already at hand (a cached status reply), checked exactly as `get` checks what it reads.
+   */
+  shown(op: Operation): Operation {
     if (!this.canRead(op)) throw operationNotFound()
     return op
   }

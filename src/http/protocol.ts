@@ -437,7 +437,7 @@ export class OperationsProtocol {
     const cached = stamp === undefined ? undefined : this.#statuses.get(stamp, view, key)
     let reply: HttpReply & { headers: { etag: string } }
     if (cached) {
-      if (!access.canRead(cached.op)) throw operationNotFound()
+      access.shown(cached.op)
       reply = cached.reply
     } else {
       const { op, history } = await access.details(id)
